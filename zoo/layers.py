@@ -1,0 +1,241 @@
+"""Small building blocks shared by two or more model families.
+
+Every convolution in the zoo goes through :class:`Conv`, so the formulation
+(XLA's native convolution, or a matrix product for 1x1 kernels) is chosen in one
+place. The parameter layout never depends on the formulation: ``kernel`` is HWIO
+and ``bias`` is ``(features,)``, exactly as in :class:`flax.linen.Conv`, so a
+checkpoint moves freely between CPU, GPU and TPU.
+
+Batch normalisation is always called with ``use_running_average`` as a *call*
+argument (never a module attribute), so the trainer can run frozen parts in
+inference mode by intercepting the call, without the models knowing about freezing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Padding = str | int | Sequence[tuple[int, int]]
+
+# He-normal (fan_out) for convolutions: what torchvision uses for ResNets; it keeps
+# ReLU networks trainable from scratch. Imported weights overwrite it anyway.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+CONV_IMPLS = ("auto", "xla", "matmul")
+
+
+def conv_impl() -> str:
+    """The convolution formulation in force: ``$ZOO_CONV_IMPL`` or ``auto``.
+
+    ``auto`` computes 1x1 convolutions as a matrix product on every backend (XLA:CPU
+    runs ``conv_general_dilated`` 1x1 at a quarter of its matmul speed; on GPU/TPU the
+    two lower to the same kernel) and everything else with XLA's convolution.
+    ``xla`` always uses ``lax.conv_general_dilated`` (useful as a reference in tests).
+    """
+    impl = os.environ.get("ZOO_CONV_IMPL", "auto")
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"ZOO_CONV_IMPL={impl!r} is not one of {CONV_IMPLS}")
+    return impl
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+def _padding(padding: Padding) -> str | tuple[tuple[int, int], tuple[int, int]]:
+    """'SAME' / 'VALID' (TF/Keras semantics) or explicit ((top, bottom), (left, right))."""
+    if isinstance(padding, str):
+        p = padding.upper()
+        if p not in ("SAME", "VALID"):
+            raise ValueError(f"padding must be 'SAME', 'VALID', an int or pairs, got {padding!r}")
+        return p
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    pads = tuple(tuple(p) for p in padding)
+    if len(pads) != 2 or any(len(p) != 2 for p in pads):
+        raise ValueError(f"explicit padding must be ((top, bottom), (left, right)), got {padding!r}")
+    return pads  # type: ignore[return-value]
+
+
+class Conv(nn.Module):
+    """2-D convolution over NHWC input; parameters laid out as :class:`flax.linen.Conv`.
+
+    ``padding`` is ``'SAME'`` (TensorFlow/Keras semantics: the extra pixel goes at the
+    end at stride 2), ``'VALID'``, an int (symmetric, as in PyTorch) or explicit pairs.
+    ``impl`` overrides :func:`conv_impl` for this layer (``None`` = the global choice).
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    dilation: int | Sequence[int] = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = conv_init
+    bias_init: Any = nn.initializers.zeros
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = _pair(self.kernel_size)
+        strides = _pair(self.strides)
+        dilation = _pair(self.dilation)
+        padding = _padding(self.padding)
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        impl = self.impl or conv_impl()
+        if impl not in CONV_IMPLS:
+            raise ValueError(f"Conv impl={impl!r} is not one of {CONV_IMPLS}")
+        if impl != "xla" and (kh, kw) == (1, 1):
+            y = _conv1x1(x, kernel[0, 0], strides, padding)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=strides,
+                padding=padding,
+                rhs_dilation=dilation,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+def _conv1x1(x: jax.Array, w: jax.Array, strides, padding) -> jax.Array:
+    """A 1x1 convolution as a strided slice and a matrix product (same result as XLA's)."""
+    if not isinstance(padding, str):
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    # For a 1x1 kernel 'SAME' and 'VALID' both give ceil(size / stride) outputs and no pad.
+    if strides != (1, 1):
+        x = x[:, :: strides[0], :: strides[1], :]
+    return jnp.einsum("nhwc,cd->nhwd", x, w)
+
+
+def batch_norm(*, epsilon: float, momentum: float, dtype: Any, name: str, scale: bool = True):
+    """BatchNorm with explicit epsilon and momentum (Keras meaning of momentum).
+
+    Call it as ``bn(x, use_running_average=not train)``. PyTorch momentum ``m`` is
+    Flax/Keras momentum ``1 - m``.
+    """
+    return nn.BatchNorm(
+        epsilon=epsilon, momentum=momentum, dtype=dtype, use_scale=scale, name=name
+    )
+
+
+def pad(x: jax.Array, p: int | tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Zero padding of the spatial axes (Keras ``ZeroPadding2D``)."""
+    pads = ((p, p), (p, p)) if isinstance(p, int) else p
+    return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+
+
+def max_pool(x, window: int, stride: int, padding: Padding = "VALID", ceil_mode: bool = False):
+    """Max pooling. ``ceil_mode`` follows PyTorch (a last, partial window is kept)."""
+    pads = _padding(padding)
+    if ceil_mode:
+        if isinstance(pads, str):
+            raise ValueError("ceil_mode needs explicit (int) padding, as in PyTorch")
+        pads = tuple(
+            (lo, hi + _ceil_extra(size, window, stride, lo, hi))
+            for size, (lo, hi) in zip(x.shape[1:3], pads, strict=True)
+        )
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+
+
+def _ceil_extra(size: int, k: int, s: int, lo: int, hi: int) -> int:
+    """Extra right padding that turns floor-mode pooling into PyTorch's ceil mode."""
+    total = size + lo + hi
+    out = -(-(total - k) // s) + 1
+    if (out - 1) * s >= size + lo:  # PyTorch drops a window that starts in the padding
+        out -= 1
+    return max(0, (out - 1) * s + k - total)
+
+
+def avg_pool(x, window: int, stride: int, padding: Padding = "VALID") -> jax.Array:
+    return nn.avg_pool(x, (window, window), strides=(stride, stride), padding=_padding(padding))
+
+
+def adaptive_avg_pool(x: jax.Array, out_size: int | tuple[int, int]) -> jax.Array:
+    """PyTorch ``AdaptiveAvgPool2d``: bin i covers [floor(i*n/o), ceil((i+1)*n/o))."""
+    oh, ow = _pair(out_size)
+    mh = _adaptive_matrix(x.shape[1], oh)
+    mw = _adaptive_matrix(x.shape[2], ow)
+    return jnp.einsum("oh,nhwc,pw->nopc", mh.astype(x.dtype), x, mw.astype(x.dtype))
+
+
+def _adaptive_matrix(n: int, o: int) -> np.ndarray:
+    m = np.zeros((o, n), np.float32)
+    for i in range(o):
+        lo, hi = (i * n) // o, -(-((i + 1) * n) // o)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def global_pool(x: jax.Array, kind: str = "avg") -> jax.Array:
+    """Global average or max pooling of NHWC feature maps to (N, C)."""
+    if kind == "avg":
+        return jnp.mean(x, axis=(1, 2))
+    if kind == "max":
+        return jnp.max(x, axis=(1, 2))
+    raise ValueError(f"pooling must be None, 'avg' or 'max', got {kind!r}")
+
+
+def check_input(x: jax.Array, *, model: str, in_channels: int, min_size: int) -> None:
+    """Raise a ValueError that names the problem for a badly shaped input batch."""
+    shape = tuple(x.shape)
+    if x.ndim != 4:
+        hint = " (add a batch axis: x[None])" if x.ndim == 3 else ""
+        raise ValueError(
+            f"{model} expects a batch of NHWC images of rank 4, got rank {x.ndim} "
+            f"with shape {shape}{hint}"
+        )
+    if shape[-1] != in_channels:
+        hint = (
+            " (the input looks NCHW: transpose it to NHWC with x.transpose(0, 2, 3, 1))"
+            if shape[1] == in_channels
+            else f" (build the model with in_channels={shape[-1]} to change it)"
+        )
+        raise ValueError(
+            f"{model} was built for {in_channels}-channel input, got {shape[-1]} channels "
+            f"in shape {shape}{hint}"
+        )
+    if min(shape[1:3]) < min_size:
+        raise ValueError(
+            f"{model} needs images of at least {min_size}x{min_size} pixels, got "
+            f"{shape[1]}x{shape[2]} (shape {shape}); resize the images up"
+        )
+
+
+def pool_features(x: jax.Array, pooling: str | None) -> jax.Array:
+    """The ``include_top=False`` output of keras.applications: the feature map, or pooled."""
+    return x if pooling is None else global_pool(x, pooling)
+
+
+def classifier(
+    x: jax.Array, *, num_classes: int | None, dtype: Any, name: str = "head"
+) -> jax.Array:
+    """The final Dense layer, or the pooled features themselves when num_classes is None."""
+    if not num_classes:
+        return x
+    return nn.Dense(num_classes, dtype=dtype, name=name)(x)
