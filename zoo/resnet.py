@@ -173,7 +173,8 @@ class ResNet(nn.Module):
         x = Stem(self.variant, dtype=self.dtype, name="stem")(x, train)
         widths = (64, 128, 256, 512)
         strides = (2, 2, 2, 1) if self.variant == "v2" else (1, 2, 2, 2)
-        for i, (n, width, stride) in enumerate(zip(self.stage_sizes, widths, strides, strict=True), 1):
+        plan = zip(self.stage_sizes, widths, strides, strict=True)
+        for i, (n, width, stride) in enumerate(plan, 1):
             x = Stage(self.variant, width, n, stride, first=i == 1, dtype=self.dtype,
                       name=f"stage{i}")(x, train)
         if self.variant == "v2":
