@@ -6,6 +6,7 @@ reference, parameter groups, input validation, shapes, determinism, batch norm.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,12 +183,14 @@ def test_shapes_determinism_and_batchnorm(name):
 
     eager = infer(v1, x)
     jitted = jax.jit(infer)(v1, x)
-    assert eager.shape == (2, 7) and eager.dtype == jnp.float32
-    np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(jax.jit(infer)(v1, x), jitted)
+    chex.assert_shape(eager, (2, 7))
+    chex.assert_type(eager, jnp.float32)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_equal(jax.jit(infer)(v1, x), jitted)
 
     logits, updates = jax.jit(train)(v1, x)
-    assert logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(logits)))
+    chex.assert_shape(logits, (2, 7))
+    chex.assert_tree_all_finite(logits)
     if "batch_stats" in v1:
         before = traverse_util.flatten_dict(dict(v1["batch_stats"]))
         after = traverse_util.flatten_dict(dict(updates["batch_stats"]))
