@@ -65,7 +65,7 @@ def _padding(padding: Padding) -> str | tuple[tuple[int, int], tuple[int, int]]:
         return ((padding, padding), (padding, padding))
     pads = tuple(tuple(p) for p in padding)
     if len(pads) != 2 or any(len(p) != 2 for p in pads):
-        raise ValueError(f"explicit padding must be ((top, bottom), (left, right)), got {padding!r}")
+        raise ValueError(f"explicit padding is ((top, bottom), (left, right)), got {padding!r}")
     return pads  # type: ignore[return-value]
 
 

@@ -168,12 +168,13 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if self.variant not in BLOCKS:
-            raise ValueError(f"ResNet variant must be one of {sorted(BLOCKS)}, got {self.variant!r}")
+            raise ValueError(f"ResNet variant is one of {sorted(BLOCKS)}, got {self.variant!r}")
         layers.check_input(x, model="ResNet", in_channels=self.in_channels, min_size=self.min_size)
         x = Stem(self.variant, dtype=self.dtype, name="stem")(x, train)
         widths = (64, 128, 256, 512)
         strides = (2, 2, 2, 1) if self.variant == "v2" else (1, 2, 2, 2)
-        for i, (n, width, stride) in enumerate(zip(self.stage_sizes, widths, strides), 1):
+        plan = zip(self.stage_sizes, widths, strides, strict=True)
+        for i, (n, width, stride) in enumerate(plan, 1):
             x = Stage(self.variant, width, n, stride, first=i == 1, dtype=self.dtype,
                       name=f"stage{i}")(x, train)
         if self.variant == "v2":

@@ -73,7 +73,7 @@ def from_torch(
     name_map: Mapping[str, str],
     target: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """A torchvision state dict ``{'layer1.0.conv1.weight': array}`` -> variables like ``target``."""
+    """A torchvision state dict ``{'layer1.0.conv1.weight': array}`` -> variables."""
     tensors: dict[tuple[str, ...], np.ndarray] = {}
     unexpected: list[str] = []
     for key, value in state_dict.items():

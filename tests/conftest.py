@@ -1,0 +1,25 @@
+"""Shared test settings: Keras (the parity reference) runs on the JAX backend."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import zoo  # noqa: E402
+
+# Models whose per-model tests take tens of seconds on 2 CPU cores: in the slow suite.
+SLOW_MODELS = frozenset({"resnet101", "resnet152", "resnet101v2", "resnet152v2", "vgg19"})
+
+
+def model_params(names=None):
+    """pytest.param per registered model, the big ones marked slow."""
+    import pytest
+
+    return [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
+        for n in (names if names is not None else zoo.list_models())
+    ]
+
+
+def small_size(name: str) -> int:
+    """A small valid input side for a model: cheap, but deep enough to exercise every layer."""
+    return max(zoo.spec(name).min_size, 32)

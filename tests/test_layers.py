@@ -1,0 +1,88 @@
+"""Shared layers: each conv formulation equals XLA's convolution; pooling equals the references."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference as R
+
+from zoo import layers
+
+
+def xla_conv(x, w, stride, padding):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), layers._padding(padding),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", 0, ((1, 0), (0, 2))])
+@pytest.mark.parametrize("size", [7, 8])
+def test_conv1x1_matmul_equals_xla_forward_and_gradient(stride, padding, size):
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, (2, size, size, 5))
+    conv = layers.Conv(6, 1, stride, padding=padding, impl="matmul")
+    v = conv.init(kw, x)
+    w, b = v["params"]["kernel"], v["params"]["bias"]
+
+    def ours(w, x):
+        return jnp.sum(jnp.sin(conv.apply({"params": {"kernel": w, "bias": b}}, x)))
+
+    def ref(w, x):
+        return jnp.sum(jnp.sin(xla_conv(x, w, stride, padding) + b))
+
+    np.testing.assert_allclose(conv.apply(v, x), xla_conv(x, w, stride, padding) + b,
+                               rtol=1e-5, atol=1e-5)
+    for g1, g2 in zip(jax.grad(ours, (0, 1))(w, x), jax.grad(ref, (0, 1))(w, x), strict=True):
+        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_layout_does_not_depend_on_the_formulation(monkeypatch):
+    x = jnp.ones((1, 8, 8, 3))
+    shapes = []
+    for impl in ("xla", "matmul", "auto"):
+        monkeypatch.setenv("ZOO_CONV_IMPL", impl)
+        v = layers.Conv(4, 1).init(jax.random.PRNGKey(0), x)
+        shapes.append(jax.tree.map(lambda a: (a.shape, a.dtype), v))
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert shapes[0]["params"]["kernel"][0] == (1, 1, 3, 4)
+    monkeypatch.setenv("ZOO_CONV_IMPL", "winograd")
+    with pytest.raises(ValueError, match="ZOO_CONV_IMPL"):
+        layers.Conv(4, 1).init(jax.random.PRNGKey(0), x)
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_same_padding_at_stride_2_is_keras_same(size):
+    import keras
+
+    x = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype("float32")
+    kconv = keras.layers.Conv2D(4, 3, strides=2, padding="same")
+    ref = np.asarray(kconv(x))
+    kernel, bias = (np.asarray(w) for w in kconv.weights)
+    ours = layers.Conv(4, 3, 2, padding="SAME").apply(
+        {"params": {"kernel": kernel, "bias": bias}}, x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not R.HAVE_TORCH, reason="torch not installed: `make test` installs it")
+@pytest.mark.parametrize("size", [13, 14, 15, 16, 17])
+def test_pooling_matches_torch(size):
+    import torch
+    import torch.nn.functional as F
+
+    x = np.random.default_rng(size).normal(size=(2, size, size, 3)).astype("float32")
+    t = torch.from_numpy(x.transpose(0, 3, 1, 2))
+    to_nhwc = lambda y: y.numpy().transpose(0, 2, 3, 1)  # noqa: E731
+    np.testing.assert_array_equal(layers.max_pool(x, 3, 2, padding=0, ceil_mode=True),
+                                  to_nhwc(F.max_pool2d(t, 3, 2, ceil_mode=True)))
+    np.testing.assert_array_equal(layers.max_pool(x, 3, 2, padding=1),
+                                  to_nhwc(F.max_pool2d(t, 3, 2, padding=1)))
+    for out in (1, 5, 6, 7):
+        np.testing.assert_allclose(layers.adaptive_avg_pool(x, out),
+                                   to_nhwc(F.adaptive_avg_pool2d(t, out)), rtol=1e-5, atol=1e-6)
+
+
+def test_global_pool_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="pooling must be"):
+        layers.global_pool(jnp.ones((1, 2, 2, 3)), "median")

@@ -1,0 +1,230 @@
+"""Registry contracts and per-model tests, parametrised over ``zoo.list_models()``.
+
+Every model registered later is picked up automatically: parameter parity with its
+reference, parameter groups, input validation, shapes, determinism, batch norm.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import model_params, small_size
+from flax import traverse_util
+
+import zoo
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def abstract_vars(model, size: int, channels: int = 3):
+    x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+
+
+def paths(tree) -> list[str]:
+    return ["/".join(k) for k in traverse_util.flatten_dict(dict(tree))]
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_first_families_registered():
+    expected = {"vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "resnet50v2",
+                "resnet101v2", "resnet152v2", "resnet18", "resnet34", "alexnet",
+                "squeezenet1_0", "squeezenet1_1"}
+    assert expected <= set(zoo.list_models())
+    assert zoo.list_models("^resnet1") == ["resnet101", "resnet101v2", "resnet152",
+                                            "resnet152v2", "resnet18"]
+
+
+def test_unknown_model_suggests_close_matches():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet5'.*resnet50"):
+        zoo.create("resnet5")
+    with pytest.raises(ValueError, match="unknown model"):
+        zoo.spec("not-a-model")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        zoo.register(zoo.spec("resnet50"))
+
+
+def test_unknown_option_names_the_option_and_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['alpha'\].*in_channels"):
+        zoo.create("resnet18", alpha=0.5)
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(pooling="mean"), "pooling must be"),
+    (dict(num_classes=-3), "num_classes must be"),
+    (dict(num_classes=2.5), "num_classes must be"),
+])
+def test_bad_create_arguments(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        zoo.create("resnet18", **kwargs)
+
+
+def test_normalize_matches_keras_preprocessing():
+    from keras.applications import resnet50, resnet_v2
+
+    img = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(zoo.spec("resnet50").normalize(img),
+                               resnet50.preprocess_input(img.copy()), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(zoo.spec("resnet50v2").normalize(img),
+                               resnet_v2.preprocess_input(img.copy()), rtol=1e-5, atol=1e-5)
+    torch_mean = np.array([0.485, 0.456, 0.406])
+    torch_std = np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(zoo.spec("resnet18").normalize(img),
+                               (img / 255 - torch_mean) / torch_std, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------- per model
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_parameter_count_matches_reference(name):
+    spec = zoo.spec(name)
+    v = abstract_vars(zoo.create(name), spec.input_size)
+    params, stats = count(v["params"]), count(v.get("batch_stats", {}))
+    # Keras counts BN moving statistics; torchvision's figure counts parameters only.
+    total = params + stats if spec.reference == "keras" else params
+    assert total == spec.reference_params
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_spec_is_consistent(name):
+    spec = zoo.spec(name)
+    assert spec.min_size <= spec.input_size
+    assert spec.head == "head" and spec.group_names[-1] == "head"
+    assert len(set(spec.group_names)) == len(spec.group_names)
+    assert len(spec.mean) == len(spec.std) == 3 and min(spec.std) > 0
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_groups_partition_the_parameters(name):
+    spec = zoo.spec(name)
+    v = abstract_vars(zoo.create(name), small_size(name))
+    all_paths = paths(v["params"]) + paths(v.get("batch_stats", {}))
+    groups = [spec.group_of(p) for p in all_paths]  # raises unless exactly one group matches
+    assert set(groups) == set(spec.group_names), "every group holds some parameters"
+    heads = [p for p, g in zip(all_paths, groups, strict=True) if g == "head"]
+    assert heads and all(p.startswith("head/") for p in heads)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_top_options_change_only_the_top(name):
+    spec = zoo.spec(name)
+    full = abstract_vars(zoo.create(name), small_size(name))
+    ten = abstract_vars(zoo.create(name, num_classes=10), small_size(name))
+    none = abstract_vars(zoo.create(name, num_classes=None), small_size(name))
+    notop = abstract_vars(zoo.create(name, include_top=False), small_size(name))
+    flat = {k: v.shape for k, v in traverse_util.flatten_dict(dict(full)).items()}
+    flat10 = {k: v.shape for k, v in traverse_util.flatten_dict(dict(ten)).items()}
+    assert {k for k in flat if flat[k] != flat10[k]} == {
+        k for k in flat if k[1] == spec.head
+    }, "num_classes changes exactly the head's shapes"
+    assert "head" not in none["params"] and "head" not in notop["params"]
+    assert set(paths(none["params"])) == {p for p in paths(full["params"])
+                                          if not p.startswith("head/")}
+    assert set(paths(notop["params"])) <= set(paths(none["params"]))
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_input_validation(name):
+    spec = zoo.spec(name)
+    model = zoo.create(name)
+    s = spec.min_size
+    with pytest.raises(ValueError, match="rank 4"):
+        jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
+                       jax.ShapeDtypeStruct((s, s, 3), jnp.float32))
+    with pytest.raises(ValueError, match="built for 3-channel input, got 1"):
+        abstract_vars(model, max(s, 64), channels=1)
+    with pytest.raises(ValueError, match="NCHW"):
+        jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
+                       jax.ShapeDtypeStruct((1, 3, max(s, 64), max(s, 64)), jnp.float32))
+    if s > 1:
+        with pytest.raises(ValueError, match=f"at least {s}x{s}"):
+            abstract_vars(model, s - 1)
+    # the minimum itself is accepted, with and without top
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), abstract_vars(model, s),
+                         jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))
+    assert out.shape == (1, 1000)
+    abstract_vars(zoo.create(name, include_top=False), s)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_other_channel_counts(name):
+    v = abstract_vars(zoo.create(name, in_channels=1), small_size(name), channels=1)
+    kernels = [x for x in jax.tree.leaves(v["params"]) if x.ndim == 4]
+    assert sum(k.shape[2] == 1 for k in kernels) >= 1, "the first conv takes one channel"
+
+
+@pytest.mark.parametrize("name", model_params())
+def test_shapes_determinism_and_batchnorm(name):
+    """Shapes in both modes, jit == eager, same key -> same variables, BN semantics."""
+    size = small_size(name)
+    model = zoo.create(name, num_classes=7)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
+    key = jax.random.PRNGKey(0)
+    v1, v2 = model.init(key, x), model.init(key, x)
+    jax.tree.map(np.testing.assert_array_equal, v1, v2)
+
+    def infer(v, x):
+        return model.apply(v, x, train=False)
+
+    def train(v, x):
+        return model.apply(v, x, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.PRNGKey(2)})
+
+    eager = infer(v1, x)
+    jitted = jax.jit(infer)(v1, x)
+    chex.assert_shape(eager, (2, 7))
+    chex.assert_type(eager, jnp.float32)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_equal(jax.jit(infer)(v1, x), jitted)
+
+    logits, updates = jax.jit(train)(v1, x)
+    chex.assert_shape(logits, (2, 7))
+    chex.assert_tree_all_finite(logits)
+    if "batch_stats" in v1:
+        before = traverse_util.flatten_dict(dict(v1["batch_stats"]))
+        after = traverse_util.flatten_dict(dict(updates["batch_stats"]))
+        assert before.keys() == after.keys()
+        assert all(not np.array_equal(before[k], after[k]) for k in before), \
+            "train=True moves every BN statistic"
+        _, same = model.apply(v1, x, train=False, mutable=["batch_stats"])
+        jax.tree.map(np.testing.assert_array_equal, same["batch_stats"], v1["batch_stats"])
+    else:
+        assert not updates.get("batch_stats")
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    model = zoo.create("resnet18", num_classes=3, dtype=jnp.bfloat16)
+    x = jnp.ones((1, 32, 32, 3))
+    v = model.init(jax.random.PRNGKey(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
+    assert model.apply(v, x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("pooling, shape", [(None, (1, 2, 2, 512)), ("avg", (1, 512)),
+                                            ("max", (1, 512))])
+def test_include_top_false_pooling(pooling, shape):
+    model = zoo.create("vgg16", include_top=False, pooling=pooling)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), abstract_vars(model, 64),
+                         jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    assert out.shape == shape
+
+
+def test_models_script_prints_exact_parity(capsys):
+    from scripts import models
+
+    models.main(["--pattern", "^squeezenet"])
+    out = capsys.readouterr().out
+    assert out.count("| exact |") == 2 and "MISMATCH" not in out
+    with pytest.raises(SystemExit):
+        models.main(["--pattern", "^nothing-matches"])
