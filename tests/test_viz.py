@@ -13,6 +13,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import pytest
 from flax import linen as nn
@@ -222,3 +223,49 @@ def test_cli_model_and_gallery(tmp_path, capsys):
     index = (tmp_path / "g" / "index.md").read_text()
     assert "[full depth](squeezenet1_0.full.dot)" in index
     assert (tmp_path / "g" / "squeezenet1_1.depth1.dot").exists()
+
+
+class Encoder(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.gelu(nn.Dense(4, name="fc")(x))
+
+    @nn.compact
+    def features(self, x):
+        return jax.nn.silu(nn.Dense(4, name="fc2")(x))
+
+
+class MultiOut(nn.Module):
+    """Two outputs, a module method, a rematerialised module and a jax.named_scope."""
+
+    @nn.compact
+    def __call__(self, x):
+        enc = Encoder(name="enc")
+        x = enc.features(enc(x))
+        x = nn.remat(Encoder)(name="rem")(x)
+        with jax.named_scope("upsample"):
+            y = jnp.repeat(x, 2, axis=1)
+        return x * 2.0, jax.nn.sigmoid(y)
+
+
+def test_generic_modules():
+    g = viz.trace(MultiOut(), (2, 3))
+    assert list(g.nodes) == [
+        "input", "enc/fc", "enc/gelu", "enc/fc2", "enc/silu", "rem/fc", "rem/gelu",
+        "upsample", "mul", "sigmoid", "output_0", "output_1",
+    ]
+    assert g.nodes["output_1"].shapes == ((2, 8),) and not g.disconnected()
+    with pytest.raises(ValueError, match="input_shape"):
+        viz.trace(MultiOut())
+
+
+def test_fold_respects_policy_and_flops_caption():
+    g = traced("resnet50")
+    plain = viz.collapse(viz.fold(g), 2)
+    assert plain.nodes["stage3/block2"].repeat == 5
+    split = viz.collapse(viz.fold(g, viz.trainable_fn(r"^stage3/block(5|6)/")), 2)
+    assert split.nodes["stage3/block2"].repeat == 3 and split.nodes["stage3/block5"].repeat == 2
+    text = viz.to_dot(viz.collapse(g, 1), flops=True, rankdir="LR")
+    assert "rankdir=LR" in text and "7.72GFLOPs" in text  # 2 x 3.86 G multiply-adds
+    with pytest.raises(ValueError, match="rankdir"):
+        viz.to_dot(g, rankdir="XY")

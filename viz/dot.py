@@ -118,7 +118,7 @@ def to_dot(
         fan_in[dst] += 1
     lines = [
         f"digraph {_q(graph.name)} {{",
-        f"  graph [rankdir={rankdir}, label={_q(title or _caption(graph, trainable))}, "
+        f"  graph [rankdir={rankdir}, label={_q(title or _caption(graph, trainable, flops))}, "
         'labelloc=t, fontname="Helvetica", fontsize=12, newrank=true, nodesep=0.25, '
         "ranksep=0.3];",
         '  node [fontname="Helvetica", fontsize=10, margin="0.1,0.04"];',
@@ -156,13 +156,15 @@ def to_dot(
     return "\n".join(lines) + "\n"
 
 
-def _caption(graph: Graph, trainable: Callable[[str], bool] | None) -> str:
+def _caption(graph: Graph, trainable: Callable[[str], bool] | None, flops: bool) -> str:
     params = graph.variables.get("params", {})
     total = sum(sum(v.values()) for v in graph.variables.values())
     inp = [n for n in graph.nodes.values() if n.kind == "input"]
     text = f"{graph.name} · input {fmt_shape(inp[0].shapes[0]) if inp else '?'}"
     text += f" · {human(total)} params"
     text += f" · depth {graph.depth}" if graph.depth is not None else " · full depth"
+    if flops:
+        text += f" · {human(sum(n.flops for n in graph.nodes.values()))}FLOPs"
     if trainable is not None:
         tr = sum(s for p, s in params.items() if trainable(p))
         text += f"\ntrainable (green) {human(tr)} · frozen (grey) {human(total - tr)}"

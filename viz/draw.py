@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,14 @@ def view(
     *,
     depth: int | None = None,
     fold_repeats: bool = False,
+    trainable: Callable[[str], bool] | None = None,
     input_shape: Sequence[int] | None = None,
     **create_kwargs: Any,
 ) -> Graph:
     """The graph drawn for a model: traced, optionally folded (``xN``), collapsed to ``depth``."""
     graph = model if isinstance(model, Graph) else trace(model, input_shape, **create_kwargs)
     if fold_repeats:
-        graph = fold(graph)
+        graph = fold(graph, trainable)
     return collapse(graph, depth)
 
 
@@ -55,11 +56,11 @@ def draw(
     group names, a regex over parameter paths or a callable. ``fold_repeats`` draws runs
     of identical chained blocks once, labelled ``xN``.
     """
-    graph = view(model, depth=depth, fold_repeats=fold_repeats, input_shape=input_shape,
-                 **create_kwargs)
     if spec is None and isinstance(model, str):
         spec = model
     trainable = None if freeze is None else trainable_fn(freeze, spec)
+    graph = view(model, depth=depth, fold_repeats=fold_repeats, trainable=trainable,
+                 input_shape=input_shape, **create_kwargs)
     text = to_dot(graph, rankdir=rankdir, trainable=trainable, edge_labels=edge_labels,
                   flops=flops)
     if out is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 Path = tuple[str, ...]
 Shape = tuple[int, ...]
@@ -172,8 +172,18 @@ def collapse(graph: Graph, depth: int | None) -> Graph:
     return Graph(graph.name, nodes, edges, graph.modules, graph.variables, depth)
 
 
-def fold(graph: Graph) -> Graph:
-    """Fold runs of identical, chained sibling modules into their first (``repeat=N``)."""
+def fold(graph: Graph, trainable: Callable[[str], bool] | None = None) -> Graph:
+    """Fold runs of identical, chained sibling modules into their first (``repeat=N``).
+
+    With a ``trainable`` predicate, modules that a freezing policy treats differently
+    are not folded together (the drawing colours the first of a run).
+    """
+    flags: dict[Path, frozenset[bool]] = defaultdict(frozenset)
+    if trainable is not None:
+        for p in graph.variables.get("params", {}):
+            parts = tuple(p.split("/"))
+            for k in range(1, len(parts)):
+                flags[parts[:k]] |= {bool(trainable(p))}
     nodes = dict(graph.nodes)
     edges = list(graph.edges)
     modules = {p: dataclasses.replace(m) for p, m in graph.modules.items()}
@@ -183,12 +193,13 @@ def fold(graph: Graph) -> Graph:
         kids = [p for p in modules if len(p) == len(parent) + 1 and p[:-1] == parent]
         i = 0
         while i < len(kids):
-            sig = _signature(kids[i], nodes, edges, modules)
+            sig = _signature(kids[i], nodes, edges, modules), flags[kids[i]]
             j = i
             while (j + 1 < len(kids) and _chained(kids[j], kids[j + 1], nodes, edges)
-                   and _signature(kids[j + 1], nodes, edges, modules) == sig):
+                   and (_signature(kids[j + 1], nodes, edges, modules), flags[kids[j + 1]])
+                   == sig):
                 j += 1
-            if j > i and sig[1]:
+            if j > i and sig[0][1]:
                 edges = _fold_run(kids[i : j + 1], nodes, edges, modules)
             i = j + 1
     return Graph(graph.name, nodes, edges, modules, graph.variables, graph.depth)

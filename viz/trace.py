@@ -173,11 +173,16 @@ class _Builder:
 
     def _scope(self, stack: tuple[str, ...]) -> Path:
         """The innermost module whose path is a prefix of the name stack (minus its root)."""
-        parts = stack[1:]
-        for k in range(len(parts), 0, -1):
-            if parts[:k] in self.modules:
-                return parts[:k]
-        return ()
+        path: Path = ()
+        for part in stack[1:]:
+            # Flax names a scope 'module.method' when a method other than __call__ runs.
+            for cand in (part, part.rsplit(".", 1)[0]):
+                if path + (cand,) in self.modules:
+                    path += (cand,)
+                    break
+            else:
+                break
+        return path
 
     def _walk(self, jaxpr, env, prefix: tuple[str, ...]) -> None:
         for eqn in jaxpr.eqns:
@@ -186,8 +191,7 @@ class _Builder:
                 for o in eqn.outvars:
                     env[o] = None
                 continue
-            stack = str(eqn.source_info.name_stack)
-            stack = prefix + (tuple(stack.split("/")) if stack else ())
+            stack = prefix + _parts(eqn)
             scope = self._scope(stack)
             sub = _subjaxpr(eqn)
             if sub is not None and self._has_modules(sub, stack, scope):
@@ -216,8 +220,7 @@ class _Builder:
 
     def _has_modules(self, sub, stack, scope) -> bool:
         for e in sub.eqns:
-            s = str(e.source_info.name_stack)
-            full = stack + (tuple(s.split("/")) if s else ())
+            full = stack + _parts(e)
             if len(self._scope(full)) > len(scope):
                 return True
             inner = _subjaxpr(e)
@@ -280,6 +283,12 @@ class _Builder:
         self.nodes = {rename.get(i, i): n for i, n in self.nodes.items()}
         self.edges = [Edge(rename.get(e.src, e.src), rename.get(e.dst, e.dst), e.shape, e.var)
                       for e in self.edges]
+
+
+def _parts(eqn) -> tuple[str, ...]:
+    """The name stack of an equation as a tuple ('ResNet', 'stage1', 'block1', 'conv1')."""
+    s = str(eqn.source_info.name_stack)
+    return tuple(s.split("/")) if s else ()
 
 
 def _subjaxpr(eqn):
