@@ -193,7 +193,8 @@ def test_policies():
     assert groups("stage1/block1/conv1/bias") and not groups("stem/conv/kernel")
     assert viz.trainable_fn(r"conv1/")("stage1/block1/conv1/kernel")
     assert viz.trainable_fn(None)("anything")
-    for bad, msg in (("finetune:9", "groups"), ("finetune", "named policies"),
+    assert viz.trainable_groups("finetune", spec) == ("stage3", "stage4", "head")
+    for bad, msg in (("finetune:9", "groups"), ("finetune:x", "named policies"),
                      (["stage9"], "unknown groups")):
         with pytest.raises(ValueError, match=msg):
             viz.trainable_fn(bad, spec)

@@ -95,10 +95,10 @@ def gallery(
             "| model | params (reference) | " + " | ".join(heads) + " |",
             "|---|---|" + "---|" * len(depths)]
     for name in names:
-        links = []
+        links, graph = [], trace(name)  # one trace, several views
         for d, head in zip(depths, heads, strict=True):
             stem = f"{name}.{'full' if d is None else f'depth{d}'}"
-            draw(name, depth=d, out=out_dir / stem, format=fmt, **draw_kwargs)
+            draw(graph, depth=d, spec=name, out=out_dir / stem, format=fmt, **draw_kwargs)
             links.append(f"[{head}]({stem}.{fmt})")
         params = zoo.spec(name).reference_params
         rows.append(f"| `{name}` | {human(params)} | " + " | ".join(links) + " |")

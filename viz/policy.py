@@ -15,7 +15,8 @@ from typing import Any
 from flax import traverse_util
 
 Policy = str | Sequence[str] | re.Pattern | Callable[[str], bool] | None
-NAMED = ("full", "scratch", "frozen", "finetune:N")
+NAMED = ("full", "scratch", "frozen", "finetune", "finetune:N")
+FINETUNE_GROUPS = 2  # 'finetune' without N, as the trainer's default
 
 
 def trainable_groups(policy: str, spec: Any) -> tuple[str, ...]:
@@ -25,10 +26,10 @@ def trainable_groups(policy: str, spec: Any) -> tuple[str, ...]:
         return names
     if policy == "frozen":
         return ("head",)
-    m = re.fullmatch(r"finetune:(\d+)", policy)
+    m = re.fullmatch(r"finetune(?::(\d+))?", policy)
     if m is None:
         raise ValueError(f"unknown policy {policy!r}; named policies are {NAMED}")
-    n = int(m.group(1))
+    n = FINETUNE_GROUPS if m.group(1) is None else int(m.group(1))
     body = names[:-1]
     if n > len(body):
         raise ValueError(
@@ -42,7 +43,8 @@ def trainable_fn(policy: Policy, spec: Any = None) -> Callable[[str], bool]:
     """A predicate ``param path -> trains?`` for a policy.
 
     ``policy`` is one of: ``None``, ``'full'`` or ``'scratch'`` (everything trains);
-    ``'frozen'`` (the head only); ``'finetune:N'`` (the top N groups and the head);
+    ``'frozen'`` (the head only); ``'finetune:N'`` (the top N groups and the head;
+    ``'finetune'``: N = 2);
     a list of group names; a callable, used as is; or any other string / compiled
     regex, matched (``re.search``) against parameter paths to select what trains.
     Group-based policies need ``spec`` (a ``ModelSpec`` or a registered name).
