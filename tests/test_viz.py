@@ -157,6 +157,7 @@ def test_render_svg_parses(tmp_path):
     src = viz.draw("squeezenet1_1", depth=1, freeze="frozen", out=tmp_path / "sq.svg")
     root = ET.parse(tmp_path / "sq.svg").getroot()
     assert root.tag.endswith("svg") and (tmp_path / "sq.dot").read_text() == src.source
+    assert "image/svg+xml" in src._repr_mimebundle_()  # what Jupyter displays inline
     titles = {t.text for t in root.iter("{http://www.w3.org/2000/svg}title")}
     assert {"stem", "fire9", "head"} <= titles
 

@@ -53,18 +53,19 @@ def trace(
     model: str | nn.Module,
     input_shape: Sequence[int] | None = None,
     *,
-    dtype: Any = jnp.float32,
+    input_dtype: Any = jnp.float32,
     **create_kwargs: Any,
 ) -> Graph:
     """The full-depth dataflow graph of a model (a registry name or any linen module).
 
     ``input_shape`` defaults to one image at the registered input size; it is required
-    for a module that is not in the registry. The model is called with ``train=False``
-    when its ``__call__`` takes a ``train`` argument.
+    for a module that is not in the registry. ``create_kwargs`` go to ``zoo.create``
+    (e.g. ``dtype=jnp.bfloat16``, ``num_classes=2``). The model is called with
+    ``train=False`` when its ``__call__`` takes a ``train`` argument.
     """
     module, name, input_shape = _resolve(model, input_shape, create_kwargs)
     kwargs = {"train": False} if "train" in inspect.signature(module.__call__).parameters else {}
-    x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
+    x = jax.ShapeDtypeStruct(tuple(input_shape), input_dtype)
     calls: dict[Path, Module] = {}
 
     def record(f, args, fkwargs, ctx):
