@@ -50,6 +50,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 from flax import traverse_util
 
 from zoo.registry import create, spec
@@ -82,14 +83,14 @@ def load(
             alpha=model_kwargs.get("alpha", 1.0), size=resolution or s.input_size)
         path = download.fetch(file)
     tensors, unexpected, kind = read_tensors(path, model, name)
-    target = _shapes(model, s.input_size)
+    target, head = _shapes(model, s.input_size, capture=s.head)
     ref_kwargs = {**model_kwargs, "include_top": True, "num_classes": REFERENCE_CLASSES}
     ref_kwargs.pop("pooling", None)
     if "in_channels" in ref_kwargs:
         ref_kwargs["in_channels"] = 3
-    reference = _shapes(create(name, **ref_kwargs), s.input_size)
-    surgery = transfer_surgery(model, target, reference, tensors, head=s.head,
-                               size=s.input_size, rng=rng)
+    reference, _ = _shapes(create(name, **ref_kwargs), s.input_size)
+    surgery = transfer_surgery(target, reference, tensors, head=s.head, head_module=head,
+                               rng=rng)
     return convert.merge(tensors, target, unexpected, source=kind, surgery=surgery)
 
 
@@ -130,9 +131,15 @@ def read_tensors(path, model, name: str) -> tuple[convert.Flat, list[str], str]:
     return (*convert.torch_tensors(data, name_map), kind)
 
 
-def transfer_surgery(model, target, reference, tensors: convert.Flat, *, head: str, size: int,
+def transfer_surgery(target, reference, tensors: convert.Flat, *, head: str,
+                     head_module: tuple[nn.Module, Any] | None = None,
                      rng: jax.Array | int = 0) -> convert.Surgery:
-    """The surgery turning the reference model's variables into ``model``'s (module docstring)."""
+    """The surgery that turns the reference model's variables into the target's.
+
+    ``target``/``reference``: variable shapes of the model and of the same model with the
+    reference's top (1000 classes, 3 input channels); ``head_module``: the head and its
+    input, to initialise it alone (initialising the whole model compiles it all).
+    """
     flat_t = traverse_util.flatten_dict(target)
     flat_r = traverse_util.flatten_dict(reference)
     drop = sorted({"/".join(k[1:-1]) for k in flat_r if k not in flat_t})
@@ -141,19 +148,34 @@ def transfer_surgery(model, target, reference, tensors: convert.Flat, *, head: s
     head_fits = all(k in tensors and tensors[k].shape == flat_t[k].shape for k in head_keys)
     fresh = {}
     if head_keys and not head_fits and any(convert.under(k, head) for k in changed):
-        if isinstance(rng, int):
-            rng = jax.random.key(rng)
-        x = jnp.zeros((1, size, size, getattr(model, "in_channels", 3)), jnp.float32)
-        init = traverse_util.flatten_dict(jax.jit(model.init)(rng, x))  # XLA drops the forward
-        fresh = {k: np.asarray(init[k]) for k in head_keys}
+        module, x = head_module
+        rng = jax.random.key(rng) if isinstance(rng, int) else rng
+        init = traverse_util.flatten_dict(module.init(rng, jnp.zeros(x.shape, x.dtype)))
+        fresh = {(k[0], *head.split("/"), *k[1:]): np.asarray(v) for k, v in init.items()}
+        if set(fresh) != set(head_keys):
+            raise convert.WeightMismatchError(f"re-initialising {head!r} made {sorted(fresh)}, "
+                                              f"the model has {sorted(head_keys)}")
     inputs = tuple("/".join(k[1:]) for k in changed
                    if k[-1] == "kernel" and not convert.under(k, head))
     return convert.Surgery(drop=tuple(drop), fresh=fresh, input_kernels=inputs)
 
 
-def _shapes(model, size: int) -> dict[str, Any]:
+def _shapes(model: nn.Module, size: int, capture: str | None = None):
+    """Variable shapes of ``model`` (no FLOPs); the module at path ``capture`` and its input."""
     x = jax.ShapeDtypeStruct((1, size, size, getattr(model, "in_channels", 3)), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
+    found = []
+
+    def spy(next_fun, args, kwargs, context):
+        m = context.module
+        if (capture and context.method_name == "__call__" and m.scope is not None
+                and "/".join(m.scope.path) == capture):
+            found.append((m.clone(parent=None, name=None), jax.ShapeDtypeStruct(
+                args[0].shape, args[0].dtype)))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(spy):
+        shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return shapes, (found[0] if found else None)
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:

@@ -105,7 +105,7 @@ def keras_tensors(
                 collection, var = KERAS_WEIGHTS[short]
                 key = (collection, *path.split("/"), var)
             else:
-                unexpected.append(f"{layer}/{wname}")
+                unexpected.append(f"{layer}/{wname.rsplit('/', 1)[-1]}")
                 continue
             if key in tensors:
                 raise WeightMismatchError(f"Keras weights: two tensors map to {'/'.join(key)}")
@@ -255,9 +255,9 @@ def under(key: tuple[str, ...], module: str) -> bool:
 
 def _report(source, missing, unexpected, mismatched, limit: int = 20) -> str:
     lines = [f"{source} weights do not match the model:"]
-    for title, items in (("missing from the file", missing),
-                         ("in the file but not in the model", unexpected),
-                         ("shape mismatch", mismatched)):
+    for title, items in (("missing from the file", _by_module(missing)),
+                         ("in the file but not in the model", _by_module(unexpected)),
+                         ("shape mismatch", sorted(mismatched, key=_natural))):
         if items:
             shown = items[:limit] + ([f"... and {len(items) - limit} more"]
                                      if len(items) > limit else [])
@@ -265,3 +265,20 @@ def _report(source, missing, unexpected, mismatched, limit: int = 20) -> str:
     lines.append("  (check the model name and its options: num_classes, include_top, "
                  "alpha, in_channels)")
     return "\n".join(lines)
+
+
+def _by_module(items: list[str]) -> list[str]:
+    """'params/stage3/block7/bn1/scale', ... -> 'stage3/block7/bn1 [scale, bias, mean, var]'."""
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        parts = item.split("/")
+        if parts[0] in ("params", "batch_stats") and len(parts) > 2:
+            parts = parts[1:]
+        groups.setdefault("/".join(parts[:-1]), []).append(parts[-1])
+    return [f"{m} [{', '.join(v)}]" if m else ", ".join(v)
+            for m, v in sorted(groups.items(), key=lambda mv: _natural(mv[0]))]
+
+
+def _natural(text: str) -> list:
+    """Sort key that puts block7 before block10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
