@@ -143,7 +143,7 @@ def test_notop_file_needs_a_new_head_or_no_top(tmp_path, r50):
     km, _ = r50
     base = _keras_backbone(km)
     W.save_keras_h5(base, path := tmp_path / "notop.h5")
-    with pytest.raises(WeightMismatchError, match=r"missing from the file \(1\): head \[kernel, bias\]"):
+    with pytest.raises(WeightMismatchError, match=r"missing from the file \(1\): head \["):
         zoo.pretrained.load("resnet50", path=path)  # 1000 classes: the file's head was wanted
     assert zoo.pretrained.load("resnet50", path=path, num_classes=5)["params"]["head"]
 
@@ -177,18 +177,20 @@ def test_surgery_never_hides_a_mismatch():
     bad = {("params", "a", "kernel"): np.zeros((2, 3)), ("params", "b", "kernel"): np.zeros(1)}
     with pytest.raises(WeightMismatchError) as e:
         merge(bad, target, source="Keras", surgery=Surgery(drop=("c",)))
-    assert "params/b/kernel" in str(e.value) and "(2, 3)" in str(e.value)
+    assert "not in the model (1): b [kernel]" in str(e.value) and "(2, 3)" in str(e.value)
 
 
 # ---------------------------------------------------------------- bad files
 
 def test_wrong_architecture_is_listed(r50):
     _, path = r50
-    with pytest.raises(WeightMismatchError, match=r"missing from the file \(51\): stage3/block7/bn1 \["):
+    with pytest.raises(WeightMismatchError, match=r"from the file \(102\): stage3/block7/bn1 \["):
         zoo.pretrained.load("resnet101", path=path)
     with pytest.raises(WeightMismatchError, match=r"in the file but not in the model.*conv1_conv"):
         zoo.pretrained.load("vgg16", path=path)
     with pytest.raises(WeightFileError, match="no torch_names"):
+        zoo.pretrained.load("vgg16", path=_tiny_pth(path.parent))
+    with pytest.raises(WeightMismatchError, match="stem/conv/kernel: torch"):
         zoo.pretrained.load("resnet50", path=_tiny_pth(path.parent))
 
 
@@ -307,25 +309,27 @@ def _without_torch(code: str) -> str:
     return out.stdout
 
 
-@pytest.mark.parametrize("name", ["resnet18", "squeezenet1_1"])
-def test_pth_without_torch(name, tmp_path):
-    """A state dict in torch.save's zip layout, written and read with no torch at all."""
+def test_pth_without_torch(tmp_path):
+    """State dicts in torch.save's zip layout, written and read with no torch at all."""
     import jax
-
-    ref = jax.jit(zoo.create(name).init)(jax.random.key(4), _images(1, 64))
-    W.save_torch_zip(W.torch_state_from_ours(name, ref), path := tmp_path / "w.pth")
-    _without_torch(
-        "import numpy as np, zoo\n"
-        f"v = zoo.pretrained.load({name!r}, path={str(path)!r})\n"
-        f"np.savez({str(tmp_path / 'out.npz')!r}, **{{'/'.join(k): a for k, a in "
-        "__import__('flax').traverse_util.flatten_dict(v).items()})\n")
-    out = np.load(tmp_path / "out.npz")
     from flax import traverse_util
 
-    flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, ref))
-    assert sorted(out.files) == sorted("/".join(k) for k in flat)
-    for k, a in flat.items():
-        np.testing.assert_array_equal(out["/".join(k)], a)
+    rng = np.random.default_rng(0)
+    expected, code = {}, "import numpy as np, zoo\nfrom flax.traverse_util import flatten_dict\n"
+    for name in ("resnet18", "squeezenet1_1"):
+        shapes = jax.eval_shape(zoo.create(name).init, jax.random.key(0), _images(1, 64))
+        ref = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
+        W.save_torch_zip(W.torch_state_from_ours(name, ref), path := tmp_path / f"{name}.pth")
+        expected[name] = {"/".join(k): a for k, a in traverse_util.flatten_dict(ref).items()}
+        code += (f"v = flatten_dict(zoo.pretrained.load({name!r}, path={str(path)!r}))\n"
+                 f"np.savez({str(tmp_path / name)!r}, "
+                 "**{'/'.join(k): a for k, a in v.items()})\n")
+    _without_torch(code)
+    for name, flat in expected.items():
+        out = np.load(tmp_path / f"{name}.npz")
+        assert sorted(out.files) == sorted(flat)
+        for k, a in flat.items():
+            np.testing.assert_array_equal(out[k], a)
 
 
 @pytest.mark.skipif(not R.HAVE_TORCH, reason="torch not installed")
