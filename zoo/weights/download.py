@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -180,6 +181,7 @@ def fetch(file: WeightFile | str, *, cache: str | os.PathLike | None = None) -> 
     if dest.exists():
         return dest
     folder.mkdir(parents=True, exist_ok=True)
+    print(f"Downloading {file.url} -> {dest}", file=sys.stderr)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{file.filename}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -208,8 +210,6 @@ def fetch(file: WeightFile | str, *, cache: str | os.PathLike | None = None) -> 
 
 
 if __name__ == "__main__":
-    import sys
-
     for arg in sys.argv[1:]:
         sha, md5 = digests(arg)
         print(f"{Path(arg).name}  sha256={sha}  md5={md5}")
