@@ -46,6 +46,43 @@ def save_keras1_h5(layers: dict[str, dict[str, np.ndarray]], path) -> None:
                 g[n] = v
 
 
+def random_variables(name: str, seed: int = 0, **model_kwargs):
+    """Random variables of a zoo model at its default input size, without compiling it."""
+    import jax
+
+    model, size = zoo.create(name, **model_kwargs), zoo.spec(name).input_size
+    x = jax.ShapeDtypeStruct((1, size, size, getattr(model, "in_channels", 3)), np.float32)
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), shapes)
+
+
+def save_keras_h5_from_ours(name: str, variables, path, **model_kwargs) -> None:
+    """A Keras 2 weights-only file ('conv1_conv/kernel:0') from our variables, no Keras."""
+    model = zoo.create(name, **model_kwargs)
+    family = importlib.import_module(f"zoo.{zoo.spec(name).family}")
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    layers = {}
+    for layer, path_ in family.keras_names(model).items():
+        p, st = params, stats
+        for part in path_.split("/"):
+            p, st = p.get(part, {}), st.get(part, {})
+        if not p:
+            continue
+        bn = {"kernel": "kernel", "bias": "beta", "scale": "gamma"}
+        names = bn if st else {"kernel": "kernel", "bias": "bias"}
+        layers[layer] = {names[k]: np.asarray(v) for k, v in p.items()}
+        layers[layer] |= {f"moving_{'mean' if k == 'mean' else 'variance'}": np.asarray(v)
+                          for k, v in st.items()}
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n in layers]
+        for layer, weights in layers.items():
+            g = f.create_group(layer)
+            g.attrs["weight_names"] = [f"{layer}/{w}:0".encode() for w in weights]
+            for w, v in weights.items():
+                g[f"{layer}/{w}:0"] = v
+
+
 def torch_state_from_ours(name: str, variables, **model_kwargs) -> dict[str, np.ndarray]:
     """Our variables -> the torchvision state dict they came from (inverse name map, OIHW)."""
     model = zoo.create(name, **model_kwargs)
