@@ -148,6 +148,9 @@ def transfer_surgery(target, reference, tensors: convert.Flat, *, head: str,
     head_fits = all(k in tensors and tensors[k].shape == flat_t[k].shape for k in head_keys)
     fresh = {}
     if head_keys and not head_fits and any(convert.under(k, head) for k in changed):
+        if head_module is None:
+            raise convert.WeightMismatchError(f"cannot re-initialise {head!r}: no module at "
+                                              "that path was called")
         module, x = head_module
         rng = jax.random.key(rng) if isinstance(rng, int) else rng
         init = traverse_util.flatten_dict(module.init(rng, jnp.zeros(x.shape, x.dtype)))

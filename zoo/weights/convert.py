@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -224,7 +224,7 @@ def _relayout(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def merge(
     tensors: Flat,
     target: Mapping[str, Any],
-    unexpected: list[str] = (),  # type: ignore[assignment]
+    unexpected: Sequence[str] = (),
     *,
     source: str,
     surgery: Surgery | None = None,
