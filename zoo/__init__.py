@@ -4,3 +4,5 @@ from zoo import alexnet, resnet, squeezenet, vgg  # noqa: F401  (registers the f
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
 __all__ = ["ModelSpec", "create", "list_models", "register", "spec"]
+
+from zoo import pretrained  # noqa: E402, F401  (zoo.pretrained.load; imports the registry above)
