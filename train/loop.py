@@ -194,6 +194,7 @@ def _zero_sums() -> dict[str, float]:
 def _check_finite(m: dict, step: int, epoch: int, batch: int, ckpt: C.Checkpoints) -> None:
     if all(np.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
         return
+    ckpt.wait()
     raise NonFiniteLossError(
         f"non-finite training step {step} (epoch {epoch + 1}, batch {batch}): loss {m['loss']}, "
         f"gradient norm {m['grad_norm']}, parameter norm {m['param_norm']}. Stopped without "
@@ -217,7 +218,7 @@ def _epochs(run: Run, state: T.TrainState, meta: dict) -> T.TrainState:
             m = jax.device_get(m)
             _check_finite(m, step + 1, epoch, i + 1, run.ckpt)
             step, seen = step + 1, seen + c.batch_size
-            if seen == c.batch_size:  # time from the end of the first step: no compile time
+            if i == start:  # time from the end of the first step: no compile time
                 t0, seen = time.perf_counter(), 0
             sums = {"loss": sums["loss"] + float(m["loss"]) * float(m["count"]),
                     "correct": sums["correct"] + float(m["correct"]),
