@@ -31,7 +31,8 @@ def setup_logging(workdir: str) -> None:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(logging.Formatter("%(message)s"))
         ours.addHandler(sh)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for chatty in ("absl", "jax"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 class History:
@@ -41,12 +42,15 @@ class History:
     after its last checkpoint, about to be redone) are dropped, and TensorBoard purges them.
     """
 
-    def __init__(self, workdir: str, resume_step: int = 0):
+    def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled  # only the first process writes in a multi-host run
         self.jsonl = os.path.join(workdir, "history.jsonl")
         self.csv = os.path.join(workdir, "history.csv")
         self.rows = [r for r in read_history(workdir) if r["step"] <= resume_step]
-        self._rewrite()
         self.tb = None
+        if not enabled:
+            return
+        self._rewrite()
         try:
             from tensorboardX import SummaryWriter
 
@@ -57,6 +61,8 @@ class History:
 
     def write(self, step: int, split: str, metrics: dict[str, Any], **extra: Any) -> None:
         """One row: ``{'step', 'split', **extra, **metrics}``; scalars go to TensorBoard."""
+        if not self.enabled:
+            return
         row = {"step": int(step), "split": split, **extra,
                **{k: _plain(v) for k, v in metrics.items()}}
         self.rows.append(row)

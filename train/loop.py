@@ -166,13 +166,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              len(train_loader), config.epochs)
     run = Run(config, mesh, train_fn, eval_fn, train_loader,
               make_loader(config, source, splits["validation"], train=False), ckpt,
-              logs.History(workdir, resume_step=meta["step"]), source.class_names, total)
+              logs.History(workdir, meta["step"], enabled=jax.process_index() == 0),
+              source.class_names, total)
     try:
         state = _epochs(run, state, meta)
     finally:
         ckpt.wait()
         run.history.close()
-    plots.plot_history(logs.read_history(workdir), os.path.join(workdir, "curves.png"))
+    if jax.process_index() == 0:
+        plots.plot_history(logs.read_history(workdir), os.path.join(workdir, "curves.png"))
     which = "best" if ckpt.latest("best") is not None else "last"
     state, _ = ckpt.restore(state, which)
     ckpt.close()

@@ -38,6 +38,7 @@ def plot_history(rows: list[dict], path: str) -> None:
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
