@@ -92,27 +92,34 @@ def test_stratified_split_is_deterministic_and_disjoint():
     assert not np.array_equal(a["test"], S.make_splits(labels, (0.6, 0.2, 0.2), seed=2)["test"])
 
 
-def test_grouped_split_keeps_each_slide_in_one_split():
+def test_grouped_split_keeps_each_slide_in_one_split_and_balances_classes():
+    """Malaria-like slides: ~70 uninfected cells each, parasitized counts from 0 to 600, so
+    group size and class are correlated (a naive greedy split leaves no parasitized
+    cells to validation and test)."""
     rng = np.random.default_rng(0)
     keys, labels = [], []
-    for slide in range(30):
-        infected = slide % 2 == 0
-        for i in range(rng.integers(5, 40)):
+    for slide in range(60):
+        n_para = int(rng.choice([0, 5, 20, 60, 150, 500])) if slide % 4 else 0
+        for i, lab in enumerate([0] * n_para + [1] * int(rng.integers(60, 80))):
             keys.append(f"Cls/C{slide}P{slide}ThinF_IMG_2015_cell_{i}.png")
-            labels.append(0 if infected and rng.random() < 0.8 else 1)
+            labels.append(lab)
     labels = np.asarray(labels)
     groups = S.group_keys(keys, r"^(.+?)_IMG")
     assert groups[0] == "C0P0ThinF"
-    parts = S.make_splits(labels, (0.7, 0.15, 0.15), seed=0, groups=groups)
+    parts = S.make_splits(labels, (0.8, 0.1, 0.1), seed=0, groups=groups)
     owner = {}
     for name, idx in parts.items():
         for i in idx:
             assert owner.setdefault(groups[i], name) == name, "a slide is in two splits"
     assert sum(len(v) for v in parts.values()) == len(labels)
-    frac = {k: len(v) / len(labels) for k, v in parts.items()}
-    assert 0.55 < frac["train"] < 0.85 and frac["validation"] > 0.05 and frac["test"] > 0.05
-    for k in parts:  # both classes reach every split
-        assert set(labels[parts[k]]) == {0, 1}
+    for name, target in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
+        for c in (0, 1):  # every split holds about its share of every class
+            share = (labels[parts[name]] == c).sum() / (labels == c).sum()
+            assert abs(share - target) < 0.05, (name, c, share)
+    again = S.make_splits(labels, (0.8, 0.1, 0.1), seed=0, groups=groups)
+    np.testing.assert_array_equal(again["test"], parts["test"])
+    no_test = S.make_splits(labels, (0.9, 0.1, 0.0), seed=0, groups=groups)
+    assert len(no_test["test"]) == 0 and len(no_test["validation"]) > 0
     with pytest.raises(ValueError, match="does not match"):
         S.group_keys(["Cls/no_prefix.png"], r"^(.+?)_IMG")
 

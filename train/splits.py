@@ -44,19 +44,25 @@ def _stratified(labels: np.ndarray, fractions: np.ndarray, rng) -> list[np.ndarr
 
 
 def _grouped(labels: np.ndarray, groups: list[str], fractions: np.ndarray, rng):
-    """Greedy: largest groups first, each to the split furthest below its per-class target."""
+    """Greedy, largest groups first: each goes to the split where it most lowers
+    sum((share - target)^2 / target) over classes. Dividing by the target makes every split
+    fill in proportion (plain squared error sends everything to the biggest split first,
+    leaving the last, smallest groups, often of one class, to the others)."""
     names, inverse = np.unique(np.asarray(groups), return_inverse=True)
     classes = np.unique(labels)
     counts = np.stack([np.bincount(inverse[labels == c], minlength=len(names)) for c in classes], 1)
-    target = fractions[:, None] * counts.sum(0)[None, :]  # [split, class]
-    filled = np.zeros_like(target)
+    totals = counts.sum(0).astype(np.float64)  # [class]
+    filled = np.zeros((len(fractions), len(classes)))  # [split, class]
     order = rng.permutation(len(names))
     order = order[np.argsort(-counts[order].sum(1), kind="stable")]
     assign = np.empty(len(names), np.int64)
     for g in order:
-        deficit = ((target - filled) * counts[g][None, :]).sum(1) / max(counts[g].sum(), 1)
-        deficit[fractions == 0] = -np.inf
-        k = int(np.argmax(deficit))
+        share = filled / totals
+        target = fractions[:, None]
+        before = ((share - target) ** 2 / target).sum(1)
+        after = ((share + counts[g] / totals - target) ** 2 / target).sum(1)
+        gain = after - before  # how much worse (or better, < 0) each split gets
+        k = int(np.argmin(gain))
         assign[g] = k
         filled[k] += counts[g]
     return [np.flatnonzero(assign[inverse] == k) for k in range(len(fractions))]
@@ -69,6 +75,12 @@ def make_splits(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), *, seed: int = 0,
     if f.shape != (3,) or np.any(f < 0) or not np.isclose(f.sum(), 1.0) or f[0] <= 0:
         raise ValueError(f"data.splits must be 3 fractions (train, val, test) summing to 1, "
                          f"with train > 0; got {tuple(fractions)}")
+    if groups is not None and np.any(f == 0):  # an empty split gets no group
+        keep = f > 0
+        parts = iter(_grouped(np.asarray(labels), groups, f[keep],
+                              np.random.default_rng([seed, 3])))
+        empty = np.zeros(0, np.int64)
+        return {n: next(parts) if k else empty for n, k in zip(SPLIT_NAMES, keep, strict=True)}
     rng = np.random.default_rng([seed, 3])
     labels = np.asarray(labels)
     parts = _stratified(labels, f, rng) if groups is None else _grouped(labels, groups, f, rng)
