@@ -40,6 +40,7 @@ def run_steps(config, n=3):
 @pytest.mark.parametrize("policy,groups,frozen_prefixes", [
     ("frozen", 0, ("stem/", "stage1/", "stage2/")),
     ("finetune", 1, ("stem/", "stage1/")),
+    ("finetune:2", 0, ("stem/",)),
     ("regex:^(stage2|head)/", 0, ("stem/", "stage1/")),
 ])
 def test_frozen_parts_are_bit_identical_and_trainable_parts_move(tiny, policy, groups,

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -99,8 +100,41 @@ def test_init_from_a_workdir_keeps_backbone_and_refreshes_head(trained, tiny, tm
     with pytest.raises(ValueError, match="does not fit"):  # strict: no silent partial load
         C.load_init(workdir, tiny, {"params": {"extra": {"kernel": np.zeros((2, 2))}},
                                     "batch_stats": {}})
+
+
+
+def test_reference_weights_go_through_the_pretrained_hook(tiny, monkeypatch):
+    """config.init='imagenet' asks zoo.pretrained for the backbone the trainer builds."""
+    calls = []
+
+    def fake(name, weights, **kwargs):
+        calls.append((name, weights, kwargs))
+        v = loop.M.init_variables(loop.M.zoo.create(name, **kwargs), 16, seed=9)
+        return {"params": jax.tree.map(lambda x: x + 1.0, v["params"]),
+                "batch_stats": v["batch_stats"]}
+
+    monkeypatch.setattr(C, "PRETRAINED", fake)
+    for kind, kwargs in (("reference", {"num_classes": None}),
+                         ("mlp", {"include_top": False, "pooling": "avg"})):
+        b = loop.build(tiny_config(policy="frozen", init="imagenet", **{"head.kind": kind}),
+                       2, total_steps=1)
+        assert calls[-1] == (tiny, "imagenet", kwargs)
+        fresh = loop.build(tiny_config(policy="frozen", **{"head.kind": kind}), 2, 1)
+        got, new = F.flat_paths(b["variables"]["params"]), F.flat_paths(
+            fresh["variables"]["params"])
+        assert not np.array_equal(got["stem/conv/kernel"], new["stem/conv/kernel"])
+        for path in (p for p in got if p.startswith("head/")):  # the head stays fresh
+            np.testing.assert_array_equal(got[path], new[path])
+
+
+def test_reference_weights_without_zoo_pretrained_say_what_to_do(tiny):
+    try:
+        import zoo.pretrained  # noqa: F401
+        pytest.skip("zoo.pretrained exists in this checkout")
+    except ModuleNotFoundError:
+        pass
     with pytest.raises(NotImplementedError, match="zoo.pretrained"):
-        C.load_init("imagenet", tiny, b["variables"])
+        C.load_init("imagenet", tiny, {"params": {}, "batch_stats": {}})
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):

@@ -8,6 +8,7 @@ running epoch sums and the best score, so that a resumed run continues bit for b
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -80,20 +81,29 @@ class Checkpoints:
 # --------------------------------------------------------------------------- config.init
 
 
-def pretrained_variables(model_name: str, weights: str) -> dict[str, Any]:
-    """Reference weights by name (``config.init='imagenet'``) as ``{'params', 'batch_stats'}``.
+def pretrained_variables(model_name: str, weights: str, **model_kwargs: Any) -> dict[str, Any]:
+    """Reference weights (``config.init='imagenet'``, ``'keras'``, ``'torchvision'`` or a
+    weights file) as ``{'params', 'batch_stats'}``, through ``zoo.pretrained.load``.
 
-    The hook for ``zoo.pretrained`` (issue 4): connect it here, e.g.
-    ``return zoo.pretrained.load(model_name, weights)`` returning zoo-path variables.
+    ``model_kwargs`` describe the backbone the trainer builds (``num_classes=None`` for
+    the reference head, ``include_top=False, pooling='avg'`` under an MLP head), so the
+    reference classifier is left out and the trainer's fresh ``head`` is kept.
     """
-    raise NotImplementedError(
-        f"config.init={weights!r}: reference weights are not connected yet "
-        "(train.checkpoint.pretrained_variables is the hook for zoo.pretrained); "
-        "point config.init at an orbax checkpoint or a training workdir instead"
-    )
+    try:
+        pretrained = importlib.import_module("zoo.pretrained")
+    except ModuleNotFoundError:
+        raise NotImplementedError(
+            f"config.init={weights!r}: reference weights need zoo.pretrained (issue 4), which "
+            "this checkout lacks; point config.init at an orbax checkpoint or a training "
+            "workdir instead") from None
+    if os.path.isfile(weights):
+        return pretrained.load(model_name, path=weights, **model_kwargs)
+    source = None if weights in ("imagenet", "reference") else weights
+    return pretrained.load(model_name, source, **model_kwargs)
 
 
-PRETRAINED: Callable[[str, str], dict[str, Any]] = pretrained_variables
+# The hook ``load_init`` calls for anything that is not an orbax checkpoint directory.
+PRETRAINED: Callable[..., dict[str, Any]] = pretrained_variables
 
 
 def restore_variables(path: str) -> dict[str, Any]:
@@ -113,15 +123,21 @@ def restore_variables(path: str) -> dict[str, Any]:
     return {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
 
 
-def load_init(init: str, model_name: str, variables: dict, *, init_head: bool = False) -> dict:
+def load_init(init: str, model_name: str, variables: dict, *, init_head: bool = False,
+              model_kwargs: dict | None = None) -> dict:
     """``variables`` with every leaf replaced from ``config.init`` (the head kept fresh).
+
+    ``init`` is an orbax checkpoint directory (a training workdir, its checkpoint folder or
+    a pytree of ``{'params', 'batch_stats'}``), or anything :data:`PRETRAINED` understands
+    (called with ``model_kwargs``).
 
     Strict: a backbone leaf that the source lacks, or has in another shape, is an error;
     source leaves the model does not use (e.g. a reference top) are listed in the log.
     """
     if not init:
         return variables
-    loaded = restore_variables(init) if os.path.exists(init) else PRETRAINED(model_name, init)
+    loaded = (restore_variables(init) if os.path.isdir(init)
+              else PRETRAINED(model_name, init, **(model_kwargs or {})))
     out = {}
     for col in ("params", "batch_stats"):
         fresh, src = flat_paths(variables[col]), flat_paths(loaded.get(col) or {})

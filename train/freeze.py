@@ -32,7 +32,7 @@ from zoo.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("frozen", "finetune", "full", "scratch")
+POLICIES = ("frozen", "finetune", "finetune:N", "full", "scratch")
 
 
 def flat_paths(tree: Any) -> dict[str, Any]:
@@ -41,7 +41,12 @@ def flat_paths(tree: Any) -> dict[str, Any]:
 
 
 def trainable_fn(spec: ModelSpec, policy: str, finetune_groups: int = 2) -> Callable[[str], bool]:
-    """Whether a parameter or batch-norm statistic path trains under ``policy``."""
+    """Whether a parameter or batch-norm statistic path trains under ``policy``.
+
+    ``finetune`` trains the top ``finetune_groups`` groups below the head (``finetune:N``
+    sets N in the name, as ``viz`` spells it); ``regex:<pattern>`` trains the paths that
+    the pattern matches (``re.search``).
+    """
     if policy.startswith("regex:"):
         rx = re.compile(policy[len("regex:"):])
         return lambda path: rx.search(path) is not None
@@ -49,6 +54,8 @@ def trainable_fn(spec: ModelSpec, policy: str, finetune_groups: int = 2) -> Call
         return lambda path: True
     if policy == "frozen":
         return lambda path: spec.group_of(path) == "head"
+    if policy.startswith("finetune:") and policy[len("finetune:"):].isdigit():
+        policy, finetune_groups = "finetune", int(policy[len("finetune:"):])
     if policy == "finetune":
         backbone = [g for g in spec.group_names if g != "head"]
         if not 0 <= finetune_groups <= len(backbone):

@@ -108,7 +108,7 @@ def build(config, num_classes: int, total_steps: int) -> dict[str, Any]:
     model = M.build_model(config, num_classes)
     variables = M.init_variables(model, config.data.image_size, config.seed)
     variables = C.load_init(config.init, config.model.name, variables,
-                            init_head=config.init_head)
+                            init_head=config.init_head, model_kwargs=M.backbone_kwargs(config))
     if config.policy in ("frozen", "finetune") and not config.init:
         log.warning("policy %r with random weights (config.init is empty): the frozen part "
                     "stays random", config.policy)

@@ -51,23 +51,30 @@ class WithHead(nn.Module):
         return self.head(self.backbone(x, train=train), train=train)
 
 
+def backbone_kwargs(config) -> dict[str, Any]:
+    """``zoo.create`` options of the model without its classifier (what weights fill)."""
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    if config.head.kind == "reference":
+        return {**kwargs, "num_classes": None}  # the model's own top, minus the classifier
+    if config.head.kind == "mlp":
+        return {**kwargs, "include_top": False, "pooling": "avg"}  # Keras transfer shape
+    raise ValueError(f"config.head.kind must be 'reference' or 'mlp', got {config.head.kind!r}")
+
+
 def build_model(config, num_classes: int) -> nn.Module:
     """The zoo model named by ``config.model`` with the head of ``config.head``."""
     if config.dtype not in DTYPES:
         raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
     dtype = DTYPES[config.dtype]
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    name, kind = config.model.name, config.head.kind
-    if kind == "reference":
-        return zoo.create(name, num_classes=num_classes, dtype=dtype, **kwargs)
-    if kind == "mlp":
-        if config.head.activation not in ACTIVATIONS:
-            raise ValueError(f"config.head.activation must be one of {sorted(ACTIVATIONS)}")
-        backbone = zoo.create(name, include_top=False, pooling="avg", dtype=dtype, **kwargs)
-        head = MLPHead(config.head.hidden, num_classes, config.head.activation,
-                       config.head.dropout, dtype=dtype, name="head")
-        return WithHead(backbone, head)
-    raise ValueError(f"config.head.kind must be 'reference' or 'mlp', got {kind!r}")
+    kwargs = backbone_kwargs(config)
+    name = config.model.name
+    if config.head.kind == "reference":
+        return zoo.create(name, dtype=dtype, **{**kwargs, "num_classes": num_classes})
+    if config.head.activation not in ACTIVATIONS:
+        raise ValueError(f"config.head.activation must be one of {sorted(ACTIVATIONS)}")
+    head = MLPHead(config.head.hidden, num_classes, config.head.activation,
+                   config.head.dropout, dtype=dtype, name="head")
+    return WithHead(zoo.create(name, dtype=dtype, **kwargs), head)
 
 
 def init_variables(model: nn.Module, image_size: int, seed: int) -> dict[str, Any]:

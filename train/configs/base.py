@@ -19,12 +19,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.head = ml_collections.ConfigDict(
         {"kind": "reference", "hidden": 256, "activation": "relu", "dropout": 0.2}
     )
-    # '' = random weights; a path = an orbax checkpoint (a training workdir, its
-    # checkpoints/ folder, or a pytree of {'params', 'batch_stats'}); any other word
-    # (e.g. 'imagenet') = reference weights through train.checkpoint.PRETRAINED.
+    # '' = random weights; a directory = an orbax checkpoint (a training workdir, its
+    # checkpoints/ folder, or a pytree of {'params', 'batch_stats'}); 'imagenet' (the
+    # model's reference weights), 'keras', 'torchvision' or a weights file (.h5, .pth,
+    # .safetensors) = through zoo.pretrained (train.checkpoint.PRETRAINED).
     c.init = ""
     c.init_head = False  # also take `head/` from config.init (same task, same classes)
-    # Freezing: frozen | finetune | full | scratch | regex:<trainable path regex>.
+    # Freezing: frozen | finetune | finetune:N | full | scratch | regex:<trainable path regex>.
     c.policy = "full"
     c.finetune_groups = 2  # finetune: the top N spec groups below the head train too
     c.backbone_lr_scale = 0.1  # learning-rate factor for trainable non-head parameters
