@@ -56,6 +56,7 @@ except ValueError as e:
 """
 
 
+@pytest.mark.slow  # a subprocess with 4 forced devices: ~10 s of CPU
 def test_four_devices_match_one_device():
     env = {**os.environ, "PYTHONPATH": ROOT,
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -75,7 +76,7 @@ def test_bfloat16_computes_in_bf16_with_float32_state(tiny):
     config = tiny_config(dtype="bfloat16")
     b = loop.build(config, 2, total_steps=4)
     x = jnp.zeros((2, 16, 16, 3))
-    assert b["model"].apply(b["variables"], x).dtype == jnp.bfloat16
+    assert jax.jit(b["model"].apply)(b["variables"], x).dtype == jnp.bfloat16
     mesh = T.make_mesh(1)
     spec_norm = __import__("zoo").spec(config.model.name).normalize
     train_fn, _ = T.jit_steps(T.make_train_step(b["model"], b["tx"], b["trainable"], spec_norm),

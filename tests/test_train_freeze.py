@@ -79,13 +79,19 @@ def test_frozen_batch_norm_runs_in_inference_mode(tiny):
     model, v = b["model"], b["variables"]
     v = {"params": v["params"], "batch_stats": jax.tree.map(lambda s: s + 0.5, v["batch_stats"])}
     x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
-    inference = model.apply(v, x, train=False)
-    with F.frozen_batch_norm(b["trainable"]):
-        frozen_train, new = model.apply(v, x, train=True, mutable=["batch_stats"])
+    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+    inference = apply(v, x, train=False)
+
+    @jax.jit
+    def frozen_apply(v, x):
+        with F.frozen_batch_norm(b["trainable"]):
+            return model.apply(v, x, train=True, mutable=["batch_stats"])
+
+    frozen_train, new = frozen_apply(v, x)
     np.testing.assert_array_equal(np.asarray(frozen_train), np.asarray(inference))
-    chex_equal = jax.tree.map(np.array_equal, new["batch_stats"], v["batch_stats"])
-    assert all(jax.tree.leaves(chex_equal))
-    plain_train, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+    same = jax.tree.map(np.array_equal, new["batch_stats"], v["batch_stats"])
+    assert all(jax.tree.leaves(same))
+    plain_train, _ = apply(v, x, train=True, mutable=("batch_stats",))
     assert not np.allclose(np.asarray(plain_train), np.asarray(inference))
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from train import checkpoint as C
 from train import freeze as F
@@ -47,6 +48,7 @@ def run(workdir, kill_after=0):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # three training subprocesses: ~25 s of CPU
 def test_sigkill_then_rerun_is_bit_identical(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     first = run(killed, kill_after=8)
