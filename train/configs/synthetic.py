@@ -3,8 +3,9 @@
   python -m scripts.train --config train/configs/synthetic.py --workdir /tmp/zoo_demo
   python -m scripts.evaluate --workdir /tmp/zoo_demo
 
-Measured: 96.25% test accuracy (sensitivity 0.93, specificity 1.00 for parasitized),
-1m45s of CPU time, 4.5 min wall on the 2-core machine shared with other jobs.
+Measured (train + evaluate): 97.5% test accuracy (parasitized sensitivity 0.975,
+specificity 0.975, ROC AUC 0.993); 1m52s of CPU time, 4m53s wall on the 2-core machine
+while other jobs shared it.
 """
 
 from train.configs import base
