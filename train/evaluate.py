@@ -96,7 +96,7 @@ def load_run(workdir: str, which: str = "best") -> dict[str, Any]:
     with open(os.path.join(workdir, "splits.json")) as f:
         class_names = tuple(json.load(f)["info"]["classes"])
     root = os.path.join(workdir, "checkpoints")
-    if which == "best" and C.Checkpoints.steps(os.path.join(root, "best")) == []:
+    if which == "best" and not C.Checkpoints.steps(os.path.join(root, "best")):
         which = "last"
     steps = C.Checkpoints.steps(os.path.join(root, which))
     if not steps:
