@@ -102,38 +102,24 @@ def test_init_from_a_workdir_keeps_backbone_and_refreshes_head(trained, tiny, tm
 
 
 
-def test_reference_weights_go_through_the_pretrained_hook(tiny, monkeypatch):
-    """config.init='imagenet' asks zoo.pretrained for the backbone the trainer builds."""
-    calls, given = [], {}
+def test_reference_weights_from_a_real_file_keep_the_backbone(tmp_path):
+    """config.init=<torchvision .pth> loads the backbone through zoo.pretrained; head is new."""
+    from tests.weight_files import random_variables, save_torch_zip, torch_state_from_ours
 
-    def fake(name, weights, **kwargs):
-        calls.append((name, weights, kwargs))
-        v = loop.M.init_variables(loop.M.zoo.create(name, **kwargs), 16, seed=9)
-        given[kwargs.get("include_top", True)] = v
-        return v
-
-    monkeypatch.setattr(C, "PRETRAINED", fake)
-    for kind, kwargs in (("reference", {"num_classes": None}),
-                         ("mlp", {"include_top": False, "pooling": "avg"})):
-        b = loop.build(tiny_config(policy="frozen", init="imagenet", **{"head.kind": kind}),
-                       2, total_steps=1)
-        assert calls[-1] == (tiny, "imagenet", kwargs)
-        got = F.flat_paths(b["variables"]["params"])
-        src = F.flat_paths(given[kwargs.get("include_top", True)]["params"])
-        assert not any(p.startswith("head/") for p in src)  # the reference head is left out
-        assert {p for p in got if not p.startswith("head/")} == set(src)
-        for path in src:
-            np.testing.assert_array_equal(got[path], src[path])
-
-
-def test_reference_weights_without_zoo_pretrained_say_what_to_do(tiny):
-    try:
-        import zoo.pretrained  # noqa: F401
-        pytest.skip("zoo.pretrained exists in this checkout")
-    except ModuleNotFoundError:
-        pass
-    with pytest.raises(NotImplementedError, match="zoo.pretrained"):
-        C.load_init("imagenet", tiny, {"params": {}, "batch_stats": {}})
+    name = "squeezenet1_1"
+    src = random_variables(name, seed=3)
+    path = tmp_path / f"{name}.pth"
+    save_torch_zip(torch_state_from_ours(name, src), path)
+    want = F.flat_paths(src["params"])
+    backbone = {p for p in want if not p.startswith("head/")}
+    for kind in ("reference", "mlp"):
+        config = tiny_config(policy="frozen", init=str(path),
+                             **{"head.kind": kind, "model.name": name, "data.image_size": 32})
+        got = F.flat_paths(loop.build(config, 2, total_steps=1)["variables"]["params"])
+        assert {p for p in got if not p.startswith("head/")} == backbone
+        for p in backbone:
+            np.testing.assert_array_equal(got[p], want[p])
+        assert got["head/kernel" if kind == "reference" else "head/dense2/kernel"].shape[-1] == 2
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):

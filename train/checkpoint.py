@@ -8,7 +8,6 @@ running epoch sums and the best score, so that a resumed run continues bit for b
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -89,13 +88,8 @@ def pretrained_variables(model_name: str, weights: str, **model_kwargs: Any) -> 
     the reference head, ``include_top=False, pooling='avg'`` under an MLP head), so the
     reference classifier is left out and the trainer's fresh ``head`` is kept.
     """
-    try:
-        pretrained = importlib.import_module("zoo.pretrained")
-    except ModuleNotFoundError:
-        raise NotImplementedError(
-            f"config.init={weights!r}: reference weights need zoo.pretrained (issue 4), which "
-            "this checkout lacks; point config.init at an orbax checkpoint or a training "
-            "workdir instead") from None
+    from zoo import pretrained
+
     if os.path.isfile(weights):
         return pretrained.load(model_name, path=weights, **model_kwargs)
     source = None if weights in ("imagenet", "reference") else weights
