@@ -10,6 +10,7 @@ exactly once with the right shape. Anything missing, unexpected or mis-shaped ra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,8 +48,10 @@ def from_keras(
     """Keras weights ``{layer_name: {weight_name: array}}`` -> variables shaped like ``target``.
 
     ``target`` is the model's variables (or their ``jax.eval_shape``); only their shapes
-    are used. Keras kernels are already HWIO / ``(in, out)``.
+    are used. Keras kernels are already HWIO / ``(in, out)``. Auto-named layers are
+    renumbered first (:func:`renumber_keras_auto_names`).
     """
+    layers = renumber_keras_auto_names(layers)
     tensors: dict[tuple[str, ...], np.ndarray] = {}
     unexpected: list[str] = []
     for layer, weights in layers.items():
@@ -66,6 +69,32 @@ def from_keras(
             collection, var = KERAS_WEIGHTS[short]
             tensors[(collection, *path.split("/"), var)] = np.asarray(value)
     return _merge(tensors, target, unexpected, source="Keras")
+
+
+# Class-derived names Keras gives unnamed layers ('conv2d', 'conv2d_7', ...).
+KERAS_AUTO_NAMES = ("conv2d", "batch_normalization", "dense", "depthwise_conv2d",
+                    "separable_conv2d")
+_AUTO = re.compile(rf"^({'|'.join(KERAS_AUTO_NAMES)})(?:_(\d+))?$")
+
+
+def renumber_keras_auto_names(layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename unnamed Keras layers to ``{prefix}_{k}``, k = 1, 2, ... in creation order.
+
+    Keras numbers unnamed layers with a process-wide counter per class: the published
+    Keras 2 files say ``conv2d_1 .. conv2d_94`` for InceptionV3, a fresh Keras 3 session
+    ``conv2d, conv2d_1 .. conv2d_93``, and a session that built other models first
+    anything higher. The counter only grows, so sorting by it recovers the creation
+    order, and the name maps (``inception.keras_names``) use the Keras 2 numbering.
+    Explicitly named layers are left alone.
+    """
+    found: dict[str, list[tuple[int, str]]] = {}
+    for name in layers:
+        m = _AUTO.match(name)
+        if m:
+            found.setdefault(m.group(1), []).append((int(m.group(2) or 0), name))
+    renamed = {name: f"{prefix}_{k}" for prefix, items in found.items()
+               for k, (_, name) in enumerate(sorted(items), 1)}
+    return {renamed.get(name, name): value for name, value in layers.items()}
 
 
 def from_torch(
