@@ -1,6 +1,6 @@
 """The transfer zoo's models: ``zoo.create(name)``, ``zoo.list_models()``, ``zoo.spec(name)``."""
 
-from zoo import alexnet, densenet, inception, resnet, squeezenet, vgg  # noqa: F401  (registers the families)
+from zoo import alexnet, densenet, googlenet, inception, resnet, squeezenet, vgg  # noqa: F401  (registers the families)
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
 __all__ = ["ModelSpec", "create", "list_models", "register", "spec"]
