@@ -18,18 +18,19 @@ Deep Network Training by Reducing Internal Covariate Shift", arXiv:1502.03167, a
 Figure 5 (the network table). There is no Keras or torchvision model; we follow the table:
 GoogLeNet's layout with every 5x5 conv replaced by two 3x3 convs ("double 3x3"), average
 pooling in most pool branches, stride-2 modules 3c and 4e (max pool passed through, no
-1x1 branch), BN after every conv (with scale, so conv biases are dropped), no dropout
-and no auxiliary heads (section 4.2.1). The 3x3 convolution of the stem has its 1x1
-"reduce" (64) as in the table's columns. Where the table is inconsistent -- pool
-projections of 128 in 4c and 4d would make those blocks 608 wide, not the 576 the table
-states, and then 4e 1056, not 1024 -- we take 96, as TF-slim's ``inception_v2.py``
-(tensorflow/models, research/slim/nets) does. Unspecified details follow TF-slim and
-Keras: 'same' padding everywhere (pool branches average without the padding), BN epsilon
-1e-3 and momentum 0.99, an ordinary (not separable) 7x7 stem convolution, 224 px input.
+1x1 branch), BN after every conv (with scale, so conv biases are dropped) and no dropout
+(section 4.2.1 removes it); auxiliary classifiers are not modelled. The 3x3 convolution
+of the stem has its 1x1 "reduce" (64), as the table's columns say. Where the table is
+inconsistent -- pool projections of 128 in 4c and 4d make those blocks 608 wide, not the
+576 the table states, and then 4e 1056, not 1024 -- we take 96, as TF-slim's
+``inception_v2.py`` (tensorflow/models, research/slim/nets) does. Details the table leaves
+open follow TF-slim and Keras: 'same' padding everywhere (pool branches average without
+the padding), the stride of 3c/4e on the last conv of each branch, BN epsilon 1e-3 and
+momentum 0.99, an ordinary (not TF-slim's separable) 7x7 stem convolution, 224 px input.
 ``tests/test_inception.py`` derives the parameter count from the table.
 
-Layout: ``stem/conv_{1..3}`` (v2: ``conv_{1..3}`` with the reduce), ``inception{3a..5b}/
-<branch>``, ``aux{1,2}/{conv,fc1,fc2}``, ``head``; branch convs ``branch1``,
+Layout: ``stem/conv_{1..3}``, ``inception{3a..5b}/<branch>``, ``aux{1,2}/{conv,fc1,fc2}``,
+``head``; each conv-BN a module with ``conv`` and ``bn``; branch convs ``branch1``,
 ``branch2_{1,2}``, ``branch3_{1,2[,3]}``, ``branch4`` (torchvision's ``branch4.1``).
 """
 
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.inception import BN, Block, Branch, C, ConvBN, Pool, block_conv_paths
+from zoo.inception import BN, Block, Branch, C, ConvBN, Pool, block_conv_paths, pool
 from zoo.registry import TF, ModelSpec, register
 
 TORCH_BN = BN(epsilon=1e-3, momentum=0.9, scale=True)  # PyTorch momentum 0.1
@@ -144,7 +145,7 @@ class GoogLeNet(nn.Module):
     min_size: int = 15
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False):
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | GoogLeNetOutputs:
         if self.version not in ("v1", "v2"):
             raise ValueError(f"GoogLeNet version is 'v1' or 'v2', got {self.version!r}")
         if self.aux_logits and (self.version != "v1" or not self.include_top
@@ -158,8 +159,7 @@ class GoogLeNet(nn.Module):
         aux = {}
         for name, block in plan:
             if isinstance(block, Pool):
-                x = layers.max_pool(x, block.window, block.stride, block.padding,
-                                    ceil_mode=block.ceil_mode)
+                x = pool(x, block)
                 continue
             x = Block(block, bn=bn, dtype=self.dtype, name=name)(x, train)
             if self.aux_logits and name in AUX_AFTER:

@@ -126,7 +126,7 @@ def pool(x: jax.Array, p: Pool) -> jax.Array:
         return layers.max_pool(x, p.window, p.stride, p.padding, ceil_mode=p.ceil_mode)
     if p.kind != "avg" or p.ceil_mode:
         raise ValueError(f"unsupported pooling step {p}")
-    pads = layers._padding(p.padding)
+    pads = p.padding.upper() if isinstance(p.padding, str) else ((p.padding, p.padding),) * 2
     return nn.avg_pool(x, (p.window, p.window), (p.stride, p.stride), pads,
                        count_include_pad=False)
 
