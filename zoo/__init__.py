@@ -1,6 +1,15 @@
 """The transfer zoo's models: ``zoo.create(name)``, ``zoo.list_models()``, ``zoo.spec(name)``."""
 
-from zoo import alexnet, resnet, squeezenet, vgg  # noqa: F401  (registers the families)
+# Importing the family modules registers their models.
+from zoo import (  # noqa: F401
+    alexnet,
+    densenet,
+    googlenet,
+    inception,
+    resnet,
+    squeezenet,
+    vgg,
+)
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
 __all__ = ["ModelSpec", "create", "list_models", "register", "spec"]
