@@ -11,14 +11,13 @@ SLOW_MODELS = frozenset({"resnet101", "resnet152", "resnet101v2", "resnet152v2",
                          "densenet169", "densenet201", "inception_resnet_v2"})
 
 
-def model_params(names=None):
-    """pytest.param per registered model, the big ones marked slow."""
+def model_params(names=None, *, quick=None):
+    """pytest.param per registered model, the big ones (or all but ``quick``) marked slow."""
     import pytest
 
-    return [
-        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
-        for n in (names if names is not None else zoo.list_models())
-    ]
+    names = names if names is not None else zoo.list_models()
+    slow = SLOW_MODELS if quick is None else set(names) - set(quick)
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
 def small_size(name: str) -> int:
