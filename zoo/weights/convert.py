@@ -10,6 +10,7 @@ exactly once with the right shape. Anything missing, unexpected or mis-shaped ra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,12 +20,28 @@ from flax import traverse_util
 # Keras weight name -> (collection, our variable name)
 KERAS_WEIGHTS = {
     "kernel": ("params", "kernel"),
+    # DepthwiseConv2D in Keras 2 files; Keras 3 calls it "kernel". Same layout as ours:
+    # (kh, kw, in, multiplier).
+    "depthwise_kernel": ("params", "kernel"),
     "bias": ("params", "bias"),
     "gamma": ("params", "scale"),
     "beta": ("params", "bias"),
     "moving_mean": ("batch_stats", "mean"),
     "moving_variance": ("batch_stats", "var"),
 }
+
+# A Keras SeparableConv2D layer (it has a "pointwise_kernel") maps onto a module with
+# children "depthwise" and "pointwise" (zoo.layers.SeparableConv); the bias is pointwise.
+KERAS_SEPARABLE_WEIGHTS = {
+    "depthwise_kernel": ("params", "depthwise/kernel"),
+    "pointwise_kernel": ("params", "pointwise/kernel"),
+    "bias": ("params", "pointwise/bias"),
+}
+
+# Keras names layers built without a name after their class: "conv2d", "conv2d_1", ...
+# (a session-wide counter; Keras 2 files start at "_1"). A name map addresses them as
+# "conv2d#k": the k-th such layer of the file, ordered by that counter.
+AUTO_NAME = re.compile(r"^(?P<base>[a-z][a-z0-9_]*?)(?:_(?P<n>\d+))?$")
 
 # torch state-dict suffixes that carry no model state of ours.
 TORCH_IGNORED = ("num_batches_tracked",)
@@ -51,6 +68,7 @@ def from_keras(
     """
     tensors: dict[tuple[str, ...], np.ndarray] = {}
     unexpected: list[str] = []
+    name_map = resolve_auto_names([n for n, w in layers.items() if w], name_map)
     for layer, weights in layers.items():
         if not weights:
             continue
@@ -58,14 +76,35 @@ def from_keras(
         if path is None:
             unexpected.extend(f"{layer}/{w}" for w in weights)
             continue
+        shorts = {keras_weight_name(w) for w in weights}
+        table = KERAS_SEPARABLE_WEIGHTS if "pointwise_kernel" in shorts else KERAS_WEIGHTS
         for wname, value in weights.items():
             short = keras_weight_name(wname)
-            if short not in KERAS_WEIGHTS:
+            if short not in table:
                 unexpected.append(f"{layer}/{wname}")
                 continue
-            collection, var = KERAS_WEIGHTS[short]
-            tensors[(collection, *path.split("/"), var)] = np.asarray(value)
+            collection, var = table[short]
+            tensors[(collection, *path.split("/"), *var.split("/"))] = np.asarray(value)
     return _merge(tensors, target, unexpected, source="Keras")
+
+
+def resolve_auto_names(layer_names, name_map: Mapping[str, str]) -> dict[str, str]:
+    """Replace ``"conv2d#k"`` keys by the k-th auto-named ``conv2d`` layer in ``layer_names``."""
+    ranked: dict[str, list[tuple[int, str]]] = {}
+    for name in layer_names:
+        m = AUTO_NAME.match(name)
+        if m and name not in name_map:
+            ranked.setdefault(m["base"], []).append((int(m["n"] or 0), name))
+    out = {}
+    for key, path in name_map.items():
+        base, sep, k = key.partition("#")
+        if not sep:
+            out[key] = path
+            continue
+        candidates = sorted(ranked.get(base, []))
+        if 0 < int(k) <= len(candidates):
+            out[candidates[int(k) - 1][1]] = path
+    return out
 
 
 def from_torch(
