@@ -156,8 +156,7 @@ def matmul_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     return jnp.einsum("nhwc,cd->nhwd", patches, kernel.reshape(kh * kw * cin, cout))
 
 
-def shift_depthwise(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
-    """A depthwise convolution as kh*kw shifted multiply-adds (kernel ``(kh, kw, C, M)``)."""
+def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
     kh, kw, c, m = kernel.shape
     views = _windows(x, (kh, kw), strides, dilation, padding)
     if m == 1:
@@ -166,6 +165,48 @@ def shift_depthwise(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     w = kernel.reshape(kh * kw, c, m)
     y = functools.reduce(jnp.add, (v[..., None] * w[t] for t, v in enumerate(views)))
     return y.reshape(*y.shape[:3], c * m)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def shift_depthwise(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """A depthwise convolution as kh*kw shifted multiply-adds (kernel ``(kh, kw, C, M)``)."""
+    return _shift_forward(x, kernel, strides, padding, dilation)
+
+
+def _shift_fwd(x, kernel, strides, padding, dilation):
+    return _shift_forward(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _shift_bwd(strides, padding, dilation, res, dy):
+    x, kernel = res
+    _, x_vjp = jax.vjp(lambda x: _shift_forward(x, kernel, strides, padding, dilation), x)
+    return x_vjp(dy)[0], _shift_kernel_grad(x, dy, kernel, strides, padding, dilation)
+
+
+def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
+    """d(loss)/d(kernel): per tap, the sum over batch and space of window * dy.
+
+    One tap at a time (``lax.map``): XLA:CPU materialises a reduction's sliced input,
+    and all kh*kw windows at once cost kh*kw activations of fresh memory (page faults).
+    """
+    kh, kw, c, m = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = dy.shape[1:3]
+    dy = dy.reshape(*dy.shape[:3], c, m)
+
+    def tap(t):
+        start = (0, (t // kw) * dh, (t % kw) * dw, 0)
+        v = jax.lax.dynamic_slice(xp, start, (xp.shape[0], (oh - 1) * sh + 1,
+                                              (ow - 1) * sw + 1, c))[:, ::sh, ::sw]
+        return jnp.sum(v[..., None] * dy, axis=(0, 1, 2), dtype=jnp.float32)
+
+    grad = jax.lax.map(tap, jnp.arange(kh * kw))
+    return grad.reshape(kernel.shape).astype(kernel.dtype)
+
+
+shift_depthwise.defvjp(_shift_fwd, _shift_bwd)
 
 
 class Conv(nn.Module):
