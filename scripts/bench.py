@@ -2,6 +2,7 @@
 
     python -m scripts.bench [--models resnet50,mobilenet,...] [--batch 32]
         [--tf-python /path/to/python-with-tensorflow] [--json bench.json] [--markdown bench.md]
+    python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.conv)
 
 Each framework runs in its own process (``ours``: the zoo under jit; ``keras-jax``:
 ``keras.applications`` with ``KERAS_BACKEND=jax``; ``keras-tf``: the same on TensorFlow,
@@ -18,6 +19,7 @@ the forward FLOPs.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -121,8 +123,6 @@ def worker(framework: str, models: list[str], batch: int, warmup: int, repeats: 
         version, bench = _versions("jax", "flax"), bench_ours
         available = set(zoo.list_models())
     else:
-        import keras
-
         version, bench = _versions("keras", "jax", "tensorflow", "tensorflow-cpu"), bench_keras
         available = set(KERAS_NAMES)
     results = {"version": version, "models": {}}
@@ -146,6 +146,65 @@ def _versions(*packages: str) -> str:
         except PackageNotFoundError:
             pass
     return ", ".join(found)
+
+
+# (batch, size, in, out, kernel, stride, padding, depthwise): shapes from the five models
+CONV_SHAPES = (
+    (32, 224, 3, 32, 3, 2, "SAME", False), (32, 224, 3, 64, 7, 2, "SAME", False),
+    (32, 147, 32, 64, 3, 1, "VALID", False), (32, 56, 64, 64, 3, 1, "SAME", False),
+    (32, 28, 128, 128, 3, 1, "SAME", False), (32, 14, 256, 256, 3, 1, "SAME", False),
+    (32, 56, 256, 64, 1, 1, "SAME", False), (32, 28, 512, 128, 1, 1, "SAME", False),
+    (32, 112, 32, 32, 3, 1, "SAME", True), (32, 112, 96, 96, 3, 2, "SAME", True),
+    (32, 56, 144, 144, 3, 1, "SAME", True), (32, 14, 576, 576, 3, 1, "SAME", True),
+    (32, 19, 728, 728, 3, 1, "SAME", True),
+)
+
+
+def _run(f, *args) -> None:
+    import jax
+
+    jax.block_until_ready(f(*args))
+
+
+def _conv_impls(k: int, cin: int, s: tuple[int, int], pad: str, depthwise: bool) -> dict:
+    from zoo import conv
+
+    if depthwise:
+        def xla(x, w):
+            return conv.xla_conv(x, w.reshape(k, k, 1, cin), s, pad, groups=cin)
+
+        return {"xla": xla,
+                "matmul (shift)": functools.partial(_swap, conv.shift_depthwise, s, pad)}
+    return {"xla": functools.partial(_swap, conv.xla_conv, s, pad),
+            "matmul": functools.partial(_swap, conv.matmul_conv, s, pad)}
+
+
+def _swap(f, s, pad, x, w):
+    return f(x, w, s, pad)
+
+
+def bench_convs(warmup: int, repeats: int) -> str:
+    """GFLOP/s of each formulation (forward; forward + both gradients) at CONV_SHAPES."""
+    import jax
+    import jax.numpy as jnp
+
+    lines = ["| input | kernel | formulation | forward GFLOP/s | fwd+grad GFLOP/s |",
+             "|---|---|---|---|---|"]
+    for n, size, cin, cout, k, stride, pad, depthwise in CONV_SHAPES:
+        x = jax.random.normal(jax.random.PRNGKey(0), (n, size, size, cin))
+        shape = (k, k, cin, 1) if depthwise else (k, k, cin, cout)
+        w = jax.random.normal(jax.random.PRNGKey(1), shape) * 0.1
+        for label, f in _conv_impls(k, cin, (stride, stride), pad, depthwise).items():
+            fwd = jax.jit(f)
+            macs = fwd(x, w).size * k * k * (1 if depthwise else cin)
+            grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1)))
+            t_f = _time(functools.partial(_run, fwd, x, w), warmup, repeats)
+            t_g = _time(functools.partial(_run, grad, x, w), warmup, repeats)
+            kind = f"{k}x{k}/{stride} {pad}" + (" depthwise" if depthwise else f" -> {cout}")
+            lines.append(f"| {n}x{size}x{size}x{cin} | {kind} | {label} | "
+                         f"{2 * macs / t_f / 1e9:.1f} | {6 * macs / t_g / 1e9:.1f} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ driver
@@ -246,12 +305,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="an interpreter with tensorflow and keras for the keras-tf column")
     parser.add_argument("--json", default=None, help="write all results here")
     parser.add_argument("--markdown", default=None, help="write the table here")
+    parser.add_argument("--convs", action="store_true",
+                        help="time each convolution formulation instead of the models")
     parser.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     if args.worker:
         return worker(args.worker, models, args.batch, args.warmup, args.repeats, args.out)
+    if args.convs:
+        text = bench_convs(args.warmup, args.repeats)
+        if args.markdown:
+            Path(args.markdown).write_text(text + "\n")
+        return None
 
     import zoo
 
