@@ -194,13 +194,14 @@ def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     oh, ow = dy.shape[1:3]
-    dy = dy.reshape(*dy.shape[:3], c, m)
 
     def tap(t):
         start = (0, (t // kw) * dh, (t % kw) * dw, 0)
         v = jax.lax.dynamic_slice(xp, start, (xp.shape[0], (oh - 1) * sh + 1,
                                               (ow - 1) * sw + 1, c))[:, ::sh, ::sw]
-        return jnp.sum(v[..., None] * dy, axis=(0, 1, 2), dtype=jnp.float32)
+        if m > 1:  # channels stay the minor axis: a size-m minor axis reduces slowly
+            v = jnp.repeat(v, m, axis=-1)
+        return jnp.sum(v * dy, axis=(0, 1, 2), dtype=jnp.float32)
 
     grad = jax.lax.map(tap, jnp.arange(kh * kw))
     return grad.reshape(kernel.shape).astype(kernel.dtype)
