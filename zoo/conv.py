@@ -10,9 +10,10 @@ Three kinds of convolution, each with a reference formulation (XLA's native
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds. XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
 
-The formulation is chosen once per backend from :data:`FORMULATIONS`
-(``jax.default_backend()``). ``ZOO_CONV_IMPL=xla`` (or ``matmul``) forces one
-formulation for every kind, and each layer's ``impl`` argument overrides both.
+The formulation is chosen per backend (``jax.default_backend()``) from the table
+:data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
+forces one formulation for every kind, and each layer's ``impl`` argument overrides
+both (``auto``, the default, defers to the table).
 The parameter layout never depends on the formulation, so checkpoints move freely
 between CPU, GPU and TPU:
 
@@ -64,10 +65,9 @@ def conv_impl() -> str:
     return impl
 
 
-@functools.cache
 def backend_formulations(backend: str) -> dict[str, str]:
     """The formulation of each kind of convolution that ``auto`` picks on ``backend``."""
-    return dict(FORMULATIONS.get(backend, _DEFAULT))
+    return dict(FORMULATIONS.get(backend, _DEFAULT))  # a copy: edit FORMULATIONS itself
 
 
 def formulation(kind: str, impl: str | None = None) -> str:
