@@ -6,9 +6,11 @@ from zoo import (  # noqa: F401
     densenet,
     googlenet,
     inception,
+    mobilenet,
     resnet,
     squeezenet,
     vgg,
+    xception,
 )
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
