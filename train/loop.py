@@ -140,6 +140,10 @@ class Run:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (or resume) in ``workdir``; return the test-split evaluation report."""
+    if config.stages:
+        from train import stages
+
+        return stages.run(config, workdir)
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     logs.setup_logging(workdir)
