@@ -167,7 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log.info("not caching backbone features: %s", why_not)
         model, norm, key = b["model"], b["spec"].normalize, "image"
     train_fn, eval_fn = T.jit_steps(
-        T.make_train_step(model, b["tx"], b["trainable"], norm, config.label_smoothing, key),
+        T.make_train_step(model, b["tx"], b["trainable"], norm, config.label_smoothing, key,
+                          config.freeze_bn_stats),
         T.make_eval_step(model, norm, key), mesh)
     state = T.replicate(T.create_state(b["variables"], b["tx"], config.seed), mesh)
     ckpt = C.Checkpoints(workdir, keep=config.keep_checkpoints)

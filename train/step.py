@@ -51,11 +51,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
 
 def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable[[str], bool],
                     normalize: Callable, label_smoothing: float = 0.0,
-                    input_key: str = "image") -> Callable:
+                    input_key: str = "image", freeze_bn_stats: bool = False) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``; gradients only for trainable leaves.
 
     The model reads ``batch[input_key]`` (``features`` when the head trains on cached ones).
+    ``freeze_bn_stats`` runs every batch norm on its running statistics (Keras fine-tuning).
     """
+    bn_trainable = (lambda path: False) if freeze_bn_stats else trainable
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         flat = traverse_util.flatten_dict(state.params)
@@ -65,7 +67,7 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable
 
         def loss_fn(tp):
             params = traverse_util.unflatten_dict({**tp, **fixed})
-            with frozen_batch_norm(trainable):
+            with frozen_batch_norm(bn_trainable):
                 logits, new = model.apply(
                     {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                     mutable=["batch_stats"],
