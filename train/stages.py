@@ -106,6 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from train import loop
 
     os.makedirs(workdir, exist_ok=True)
+    logs.setup_logging(workdir)
     configs = stage_configs(config, workdir)
     done, reports = [], []
     for i, c in enumerate(configs, 1):
