@@ -29,8 +29,10 @@ def get_config():
     c.data.augment.hflip = True
     c.data.augment.vflip = True
     c.data.augment.rotate90 = True
-    c.stages = ("frozen epochs=20 augment=off learning_rate=1e-3; "
-                "finetune:4 epochs=3 learning_rate=1e-3")
+    # Stage 1 trains the head on cached features (no augmentation); stage 2 fine-tunes
+    # stage4..final (backbone at backbone_lr_scale x 1e-3) with batch norm on running stats.
+    c.stages = ("frozen epochs=10 augment=off learning_rate=1e-3; "
+                "finetune:4 epochs=3 learning_rate=1e-3 freeze_bn_stats=true")
     c.batch_size = 64
     c.epochs = 3
     c.learning_rate = 1e-3
