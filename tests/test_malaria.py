@@ -57,4 +57,4 @@ def test_malaria_recipe_reduced(tmp_path):
 def test_malaria_scratch_reduced(tmp_path):
     config = _reduced(malaria_scratch.get_config(), epochs=3)
     report = loop.train_and_evaluate(config, str(tmp_path))
-    assert report["accuracy"] > 0.75, report
+    assert report["accuracy"] > 0.7, report  # measured 0.775 (120 test images)
