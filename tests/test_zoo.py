@@ -29,6 +29,22 @@ def paths(tree) -> list[str]:
     return ["/".join(k) for k in traverse_util.flatten_dict(dict(tree))]
 
 
+def assert_outputs(out, name: str, n: int, num_classes: int) -> None:
+    """Classifiers return ``(n, classes)`` logits; detectors raw predictions (zoo/yolo.py):
+    a tuple of per-scale ``(n, h, w, anchors, 5 + C)`` arrays, or YOLOv1's ``(n, S, S, 5B + C)``.
+    """
+    if zoo.spec(name).task == "classification":
+        assert out.shape == (n, num_classes)
+        return
+    if isinstance(out, tuple):
+        assert out and all(o.ndim == 5 and o.shape[0] == n and o.shape[-1] == 5 + num_classes
+                           for o in out), [o.shape for o in out]
+        assert [o.shape[1] for o in out] == sorted(o.shape[1] for o in out), "coarsest first"
+    else:
+        assert out.ndim == 4 and out.shape[0] == n
+        assert out.shape[-1] > num_classes and (out.shape[-1] - num_classes) % 5 == 0
+
+
 # ---------------------------------------------------------------- registry
 
 
@@ -90,8 +106,8 @@ def test_parameter_count_matches_reference(name):
     spec = zoo.spec(name)
     v = abstract_vars(zoo.create(name), spec.input_size)
     params, stats = count(v["params"]), count(v.get("batch_stats", {}))
-    # Keras counts BN moving statistics; torchvision's figure counts parameters only.
-    total = params + stats if spec.reference == "keras" else params
+    # Keras and Darknet count BN moving statistics; torchvision's figure parameters only.
+    total = params + stats if spec.counts_batch_stats else params
     assert total == spec.reference_params
 
 
@@ -152,7 +168,7 @@ def test_input_validation(name):
     # the minimum itself is accepted, with and without top
     out = jax.eval_shape(lambda v, x: model.apply(v, x), abstract_vars(model, s),
                          jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))
-    assert out.shape == (1, 1000)
+    assert_outputs(out, name, 1, spec.num_classes)
     abstract_vars(zoo.create(name, include_top=False), s)
 
 
@@ -182,12 +198,15 @@ def test_shapes_determinism_and_batchnorm(name):
 
     eager = infer(v1, x)
     jitted = jax.jit(infer)(v1, x)
-    assert eager.shape == (2, 7) and eager.dtype == jnp.float32
-    np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(jax.jit(infer)(v1, x), jitted)
+    assert_outputs(eager, name, 2, 7)
+    assert all(o.dtype == jnp.float32 for o in jax.tree.leaves(eager))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 eager, jitted)
+    jax.tree.map(np.testing.assert_array_equal, jax.jit(infer)(v1, x), jitted)
 
     logits, updates = jax.jit(train)(v1, x)
-    assert logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(logits)))
+    assert_outputs(logits, name, 2, 7)
+    assert all(bool(jnp.all(jnp.isfinite(o))) for o in jax.tree.leaves(logits))
     if "batch_stats" in v1:
         before = traverse_util.flatten_dict(dict(v1["batch_stats"]))
         after = traverse_util.flatten_dict(dict(updates["batch_stats"]))

@@ -164,7 +164,8 @@ def create(
     ``pooling`` is ``'avg'`` or ``'max'``. ``num_classes=None`` keeps the top but not
     its final classifier: the model returns the features the head would see (timm's
     ``num_classes=0``). By default ``num_classes`` is the reference's own
-    (``spec(name).num_classes``: 1000 for ImageNet classifiers, 80 for COCO detectors). ``dtype`` is the compute dtype; parameters stay float32.
+    (``spec(name).num_classes``: 1000 for ImageNet classifiers, 80 for COCO detectors).
+    ``dtype`` is the compute dtype; parameters stay float32.
     ``overrides`` set other fields of the family's module (e.g. ``in_channels=1``).
     """
     s = spec(name)
