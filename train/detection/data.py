@@ -180,12 +180,14 @@ def tfds_detection_source(name: str, *, split: str = "train", data_dir: str | No
         h, w = image.shape[:2]
         objs = r["objects"]
         yx = np.asarray(objs["bbox"], np.float32).reshape(-1, 4)  # normalised y0 x0 y1 x1
-        boxes, keep = clean_boxes(yx[:, [1, 0, 3, 2]] * [w, h, w, h], w, h)
-        src.dropped += int(np.sum(~keep))  # counted as examples are read
+        labels = np.asarray(objs["label"], np.int32).reshape(-1)
         difficult = np.asarray(objs.get("is_difficult", np.zeros(len(yx), bool)), bool)
+        n = min(len(yx), len(labels))  # equal in real data; tfds mock data is random
+        difficult = np.pad(difficult.reshape(-1)[:n], (0, max(0, n - difficult.size)))
+        boxes, keep = clean_boxes(yx[:n, [1, 0, 3, 2]] * [w, h, w, h], w, h)
+        src.dropped += int(np.sum(~keep))  # counted as examples are read
         return {"image": image[..., :3].astype(np.uint8), "boxes": boxes[keep],
-                "classes": np.asarray(objs["label"], np.int32)[keep],
-                "difficult": difficult.reshape(-1)[keep]}
+                "classes": labels[:n][keep], "difficult": difficult[keep]}
 
     src = DetectionSource(f"tfds:{name}", names, [str(i) for i in range(len(ds))], get)
     return src

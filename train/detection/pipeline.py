@@ -1,4 +1,4 @@
-"""A prefetching batch loader over a :class:`DetectionSource`, deterministic like ``train.pipeline``.
+"""A prefetching batch loader over a :class:`DetectionSource` (deterministic, as train.pipeline).
 
 Batches are ``{'image': uint8 (B, H, W, 3), 'boxes': float32 (B, M, 4) xyxy input pixels,
 'classes': int32 (B, M), 'valid': bool (B, M), 'difficult': bool (B, M), 'mask': float32
