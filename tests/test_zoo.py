@@ -6,6 +6,7 @@ reference, parameter groups, input validation, shapes, determinism, batch norm.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,7 @@ def assert_outputs(out, name: str, n: int, num_classes: int) -> None:
     a tuple of per-scale ``(n, h, w, anchors, 5 + C)`` arrays, or YOLOv1's ``(n, S, S, 5B + C)``.
     """
     if zoo.spec(name).task == "classification":
-        assert out.shape == (n, num_classes)
+        chex.assert_shape(out, (n, num_classes))
         return
     if isinstance(out, tuple):
         assert out and all(o.ndim == 5 and o.shape[0] == n and o.shape[-1] == 5 + num_classes
@@ -199,14 +200,13 @@ def test_shapes_determinism_and_batchnorm(name):
     eager = infer(v1, x)
     jitted = jax.jit(infer)(v1, x)
     assert_outputs(eager, name, 2, 7)
-    assert all(o.dtype == jnp.float32 for o in jax.tree.leaves(eager))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-                 eager, jitted)
-    jax.tree.map(np.testing.assert_array_equal, jax.jit(infer)(v1, x), jitted)
+    chex.assert_type(jax.tree.leaves(eager), jnp.float32)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_equal(jax.jit(infer)(v1, x), jitted)
 
     logits, updates = jax.jit(train)(v1, x)
     assert_outputs(logits, name, 2, 7)
-    assert all(bool(jnp.all(jnp.isfinite(o))) for o in jax.tree.leaves(logits))
+    chex.assert_tree_all_finite(logits)
     if "batch_stats" in v1:
         before = traverse_util.flatten_dict(dict(v1["batch_stats"]))
         after = traverse_util.flatten_dict(dict(updates["batch_stats"]))

@@ -1,0 +1,21 @@
+"""Architecture drawings: trace a model's dataflow, draw it with Graphviz, summarise it.
+
+``viz.draw("resnet50", depth=1, freeze="finetune:1", out="resnet50.svg")`` traces the
+model under ``jax.make_jaxpr`` (no FLOPs, no parameter memory), collapses it to depth 1,
+colours what the policy trains and writes DOT + SVG; the returned ``graphviz.Source``
+renders inline in Jupyter. ``viz.summary("resnet50")`` is the Keras-like table.
+"""
+
+from viz import dot
+from viz.dot import GraphvizNotFound, render, to_dot
+from viz.draw import draw, gallery, view
+from viz.graph import Edge, Graph, Node, collapse, fold
+from viz.policy import param_labels, trainable_fn, trainable_groups
+from viz.summary import summarize, summary
+from viz.trace import trace
+
+__all__ = [
+    "Edge", "Graph", "GraphvizNotFound", "Node", "collapse", "dot", "draw", "fold", "gallery",
+    "param_labels", "render", "summarize", "summary", "to_dot", "trace", "trainable_fn",
+    "trainable_groups", "view",
+]

@@ -144,23 +144,33 @@ class Darknet53(nn.Module):
 
 
 class NeckScale(nn.Module):
-    """One YOLOv3 scale: [1x1 lateral + upsample + concat], five convs (route), one 3x3."""
+    """One scale of a YOLOv3 neck: [1x1 ``lateral`` conv of the previous scale's route,
+    2x upsample, concatenation with this scale's backbone feature], then ConvBN layers
+    ``conv1..`` from ``plan`` ((features, kernel) each); the route is ``conv{route_after}``."""
 
-    width: int
-    lateral: bool
+    plan: tuple[tuple[int, int], ...]
+    route_after: int
+    lateral: int = 0
     dtype: Any = jnp.float32
     bn_momentum: float = 0.99
 
     @nn.compact
     def __call__(self, feature, route, train: bool):
         cbn = functools.partial(ConvBN, dtype=self.dtype, bn_momentum=self.bn_momentum)
-        w = self.width
         x = feature
         if self.lateral:  # Darknet: route -4, 1x1, upsample, route -1 + backbone layer
-            x = jnp.concatenate([upsample2(cbn(w, 1, name="lateral")(route, train)), x], -1)
-        for k, (f, size) in enumerate(((w, 1), (2 * w, 3), (w, 1), (2 * w, 3), (w, 1)), 1):
+            up = upsample2(cbn(self.lateral, 1, name="lateral")(route, train))
+            x = jnp.concatenate([up, x], -1)
+        for k, (f, size) in enumerate(self.plan, 1):
             x = cbn(f, size, name=f"conv{k}")(x, train)
-        return x, cbn(2 * w, 3, name="conv6")(x, train)
+            if k == self.route_after:
+                route = x
+        return route, x
+
+
+def yolov3_plan(width: int) -> tuple[tuple[int, int], ...]:
+    """yolov3.cfg's six convs per scale: 1x1 w, 3x3 2w, 1x1 w, 3x3 2w, 1x1 w (route), 3x3 2w."""
+    return ((width, 1), (2 * width, 3)) * 3
 
 
 class Neck(nn.Module):
@@ -174,8 +184,9 @@ class Neck(nn.Module):
     def __call__(self, features, train: bool) -> list[jax.Array]:
         outs, route = [], None
         for i, (f, w) in enumerate(zip(features, self.widths, strict=True), 1):
-            route, out = NeckScale(w, i > 1, self.dtype, self.bn_momentum, name=f"scale{i}")(
-                f, route, train)
+            scale = NeckScale(yolov3_plan(w), 5, w if i > 1 else 0, self.dtype,
+                              self.bn_momentum, name=f"scale{i}")
+            route, out = scale(f, route, train)
             outs.append(out)
         return outs
 
@@ -320,11 +331,9 @@ class TinyNeck(nn.Module):
 
     @nn.compact
     def __call__(self, c5, c4, train: bool):
-        cbn = functools.partial(ConvBN, dtype=self.dtype, bn_momentum=self.bn_momentum)
-        route = cbn(256, 1, name="scale1/conv1")(c5, train)
-        out1 = cbn(512, 3, name="scale1/conv2")(route, train)
-        up = upsample2(cbn(128, 1, name="scale2/lateral")(route, train))
-        out2 = cbn(256, 3, name="scale2/conv1")(jnp.concatenate([up, c4], -1), train)
+        kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum)
+        route, out1 = NeckScale(((256, 1), (512, 3)), 1, name="scale1", **kw)(c5, None, train)
+        _, out2 = NeckScale(((256, 3),), 1, 128, name="scale2", **kw)(c4, route, train)
         return out1, out2
 
 

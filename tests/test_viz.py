@@ -1,0 +1,273 @@
+"""Architecture drawings: tracer, graph views, DOT, rendering, summary, policies, CLI.
+
+Regenerate the golden DOT after an intended change with
+``UPDATE_GOLDEN=1 pytest tests/test_viz.py -k golden`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import linen as nn
+
+import viz
+import zoo
+from scripts import draw as draw_cli
+
+GOLDEN = Path(__file__).parent / "data" / "viz_tiny.dot"
+TINY_SHAPE = (1, 8, 8, 3)
+
+
+class TinyBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        y = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        return x + y
+
+
+class Tiny(nn.Module):
+    """Stem, two identical residual blocks, a concatenation of two branches, a head."""
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(4, (3, 3), name="stem")(x)
+        x = TinyBlock(name="block1")(x)
+        x = TinyBlock(name="block2")(x)
+        a = nn.Conv(2, (1, 1), name="branch")(x)
+        b = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+        x = jnp.concatenate([a, b], axis=-1).mean(axis=(1, 2))
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.Dense(3, name="head")(x)
+
+
+@functools.cache
+def traced(name: str) -> viz.Graph:
+    return viz.trace(name)
+
+
+def tiny() -> viz.Graph:
+    return viz.trace(Tiny(), TINY_SHAPE)
+
+
+def test_golden_dot_tiny():
+    text = viz.to_dot(tiny(), trainable=viz.trainable_fn(r"^(block2|head)/"))
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_tiny_dataflow():
+    g = tiny()
+    assert list(g.nodes) == [
+        "input", "stem", "block1/conv", "block1/relu", "block1/add", "block2/conv",
+        "block2/relu", "block2/add", "branch", "max_pool", "concatenate", "mean",
+        "Dropout_0", "head", "output",
+    ]
+    edges = {(e.src, e.dst) for e in g.edges}
+    assert ("stem", "block1/add") in edges  # the residual shortcut is a real edge
+    assert {("branch", "concatenate"), ("max_pool", "concatenate")} <= edges
+    assert g.count("add", min_inputs=2) == 2 and g.count("concatenate", min_inputs=2) == 1
+    assert g.nodes["stem"].params == 4 * 27 + 4 and g.nodes["stem"].kind == "module"
+    assert g.nodes["concatenate"].shapes == ((1, 8, 8, 6),)
+    assert g.nodes["stem"].flops == 2 * 8 * 8 * 4 * 27
+    assert not g.disconnected()
+
+
+def test_collapse_keeps_edges_between_modules():
+    g = viz.collapse(tiny(), 1)
+    assert list(g.nodes)[:4] == ["input", "stem", "block1", "block2"]
+    assert g.nodes["block1"].layers == 3 and g.nodes["block1"].type == "TinyBlock"
+    into_block2 = [e for e in g.edges if e.dst == "block2"]
+    assert len(into_block2) == 1 and into_block2[0].src == "block1"  # one tensor, two uses
+    assert not g.disconnected()
+    with pytest.raises(ValueError, match="depth"):
+        viz.collapse(tiny(), 0)
+
+
+def test_fold_repeated_blocks():
+    g = viz.fold(tiny())
+    assert "block2/conv" not in g.nodes and g.modules[("block1",)].repeat == 2
+    assert ("block1/add", "branch") in {(e.src, e.dst) for e in g.edges}
+    assert not g.disconnected()
+    text = viz.to_dot(viz.collapse(g, 1))
+    assert "block1 … block2 ×2 : TinyBlock" in text
+
+
+def test_resnet50_structure():
+    g = traced("resnet50")
+    assert g.count("add", min_inputs=2) == 16  # Keras ResNet50: 16 Add layers
+    assert sum(n.type == "Conv" for n in g.nodes.values()) == 53
+    assert not g.disconnected()
+    top = viz.collapse(g, 1)
+    assert list(top.nodes) == ["input", "stem", "stage1", "stage2", "stage3", "stage4",
+                               "mean", "head", "output"]
+    assert top.nodes["stage1"].shapes == ((1, 56, 56, 256),)
+    folded = viz.collapse(viz.fold(g), 2)
+    assert folded.nodes["stage3/block2"].repeat == 5 and "stage3/block3" not in folded.nodes
+
+
+def _needs(name: str):
+    if name not in zoo.list_models():
+        pytest.skip(f"{name} is not registered yet; this structural test runs once it is")
+
+
+def test_densenet121_concatenations():
+    _needs("densenet121")
+    g = traced("densenet121")
+    assert g.count("concatenate", min_inputs=2) == 58  # Keras: 58 Concatenate layers
+    assert not g.disconnected()
+
+
+def test_inception_v3_concatenations():
+    _needs("inception_v3")
+    g = traced("inception_v3")
+    assert g.count("concatenate", min_inputs=2) == 15  # Keras: 15 (11 blocks, 4 inner)
+    assert sum(n.type == "Conv" for n in g.nodes.values()) == 94
+    assert not g.disconnected()
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_model_draws(name):
+    g = traced(name)
+    assert not g.disconnected(), f"{name}: nodes off the input->output path"
+    assert sum(n.kind == "module" for n in g.nodes.values()) > 1
+    for view in (g, viz.collapse(g, 1)):
+        assert not view.disconnected()
+        text = viz.to_dot(view)
+        assert all(f'"{i}" [' in text for i in view.nodes)
+    params = sum(sum(v.values()) for v in g.variables.values())
+    spec = zoo.spec(name)
+    if spec.counts_batch_stats:  # Keras and Darknet count BN statistics
+        assert params == spec.reference_params
+    else:
+        assert sum(g.variables["params"].values()) == spec.reference_params
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+def test_render_svg_parses(tmp_path):
+    src = viz.draw("squeezenet1_1", depth=1, freeze="frozen", out=tmp_path / "sq.svg")
+    root = ET.parse(tmp_path / "sq.svg").getroot()
+    assert root.tag.endswith("svg") and (tmp_path / "sq.dot").read_text() == src.source
+    assert "image/svg+xml" in src._repr_mimebundle_()  # what Jupyter displays inline
+    titles = {t.text for t in root.iter("{http://www.w3.org/2000/svg}title")}
+    assert {"stem", "fire9", "head"} <= titles
+
+
+def test_render_without_dot(tmp_path, monkeypatch):
+    monkeypatch.setattr(viz.dot.shutil, "which", lambda _: None)
+    with pytest.raises(viz.GraphvizNotFound, match="apt-get install graphviz"):
+        viz.draw(Tiny(), input_shape=TINY_SHAPE, out=tmp_path / "tiny.png")
+    assert (tmp_path / "tiny.dot").read_text().startswith('digraph "Tiny"')
+    assert viz.render("digraph {}", tmp_path / "x", "dot") == tmp_path / "x.dot"
+
+
+def test_freeze_colours():
+    frozen, trainable, mixed = (viz.dot.COLORS[k] for k in ("frozen", "trainable", "mixed"))
+
+    def fill(text: str, node: str) -> str:
+        return re.search(rf'^  "{node}" \[.*fillcolor="([^"]+)"', text, re.M).group(1)
+
+    text = viz.draw(traced("resnet50"), depth=1, freeze="finetune:1", spec="resnet50").source
+    assert fill(text, "stage3") == frozen and fill(text, "stage4") == trainable
+    assert fill(text, "head") == trainable
+    text = viz.draw(traced("resnet50"), depth=1, freeze=r"stage2/block1/").source
+    assert fill(text, "stage2") == mixed and fill(text, "stage1") == frozen
+
+
+def test_policies():
+    spec = zoo.spec("resnet50")
+    assert viz.trainable_groups("frozen", spec) == ("head",)
+    assert viz.trainable_groups("finetune:2", spec) == ("stage3", "stage4", "head")
+    assert viz.trainable_groups("full", spec) == spec.group_names
+    frozen = viz.trainable_fn("frozen", "resnet50")
+    assert frozen("head/kernel") and not frozen("stage4/block3/conv3/kernel")
+    groups = viz.trainable_fn(["stage1", "head"], spec)
+    assert groups("stage1/block1/conv1/bias") and not groups("stem/conv/kernel")
+    assert viz.trainable_fn(r"conv1/")("stage1/block1/conv1/kernel")
+    assert viz.trainable_fn(None)("anything")
+    assert viz.trainable_groups("finetune", spec) == ("stage3", "stage4", "head")
+    for bad, msg in (("finetune:9", "groups"), ("finetune:x", "named policies"),
+                     (["stage9"], "unknown groups")):
+        with pytest.raises(ValueError, match=msg):
+            viz.trainable_fn(bad, spec)
+    with pytest.raises(ValueError, match="regex"):
+        viz.trainable_fn("frozen")
+    labels = viz.param_labels({"head": {"kernel": 0}, "stem": {"conv": {"kernel": 0}}}, frozen)
+    assert labels == {"head": {"kernel": "trainable"}, "stem": {"conv": {"kernel": "frozen"}}}
+
+
+def test_summary_totals():
+    text = viz.summarize(viz.collapse(traced("resnet50"), 1),
+                         viz.trainable_fn("frozen", "resnet50"))
+    assert "Total params: 25,636,712" in text  # = keras.applications.ResNet50 count_params()
+    assert "Trainable params: 2,049,000" in text
+    assert re.search(r"^stage4 \(Stage\) .* no +stage3$", text, re.M)
+    full = viz.summary(Tiny(), input_shape=TINY_SHAPE)
+    assert re.search(r"^block1/add \(add\) +\(None, 8, 8, 4\) +0 +stem, block1/relu$", full,
+                     re.M)
+
+
+def test_cli_model_and_gallery(tmp_path, capsys):
+    assert draw_cli.main(["--model", "alexnet", "--depth", "1", "--format", "dot",
+                          "--out", str(tmp_path / "a.dot")]) == 0
+    assert (tmp_path / "a.dot").read_text().startswith('digraph "alexnet"')
+    assert draw_cli.main(["--all", "--pattern", "^squeezenet", "--format", "dot", "--fold",
+                          "--out", str(tmp_path / "g")]) == 0
+    index = (tmp_path / "g" / "index.md").read_text()
+    assert "[full depth](squeezenet1_0.full.dot)" in index
+    assert (tmp_path / "g" / "squeezenet1_1.depth1.dot").exists()
+
+
+class Encoder(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.gelu(nn.Dense(4, name="fc")(x))
+
+    @nn.compact
+    def features(self, x):
+        return jax.nn.silu(nn.Dense(4, name="fc2")(x))
+
+
+class MultiOut(nn.Module):
+    """Two outputs, a module method, a rematerialised module and a jax.named_scope."""
+
+    @nn.compact
+    def __call__(self, x):
+        enc = Encoder(name="enc")
+        x = enc.features(enc(x))
+        x = nn.remat(Encoder)(name="rem")(x)
+        with jax.named_scope("upsample"):
+            y = jnp.repeat(x, 2, axis=1)
+        return x * 2.0, jax.nn.sigmoid(y)
+
+
+def test_generic_modules():
+    g = viz.trace(MultiOut(), (2, 3))
+    assert list(g.nodes) == [
+        "input", "enc/fc", "enc/gelu", "enc/fc2", "enc/silu", "rem/fc", "rem/gelu",
+        "upsample", "mul", "sigmoid", "output_0", "output_1",
+    ]
+    assert g.nodes["output_1"].shapes == ((2, 8),) and not g.disconnected()
+    with pytest.raises(ValueError, match="input_shape"):
+        viz.trace(MultiOut())
+
+
+def test_fold_respects_policy_and_flops_caption():
+    g = traced("resnet50")
+    plain = viz.collapse(viz.fold(g), 2)
+    assert plain.nodes["stage3/block2"].repeat == 5
+    split = viz.collapse(viz.fold(g, viz.trainable_fn(r"^stage3/block(5|6)/")), 2)
+    assert split.nodes["stage3/block2"].repeat == 3 and split.nodes["stage3/block5"].repeat == 2
+    text = viz.to_dot(viz.collapse(g, 1), flops=True, rankdir="LR")
+    assert "rankdir=LR" in text and "7.72GFLOPs" in text  # 2 x 3.86 G multiply-adds
+    with pytest.raises(ValueError, match="rankdir"):
+        viz.to_dot(g, rankdir="XY")
