@@ -234,9 +234,14 @@ def stage_features(backbone: nn.Module, x: jax.Array, train: bool,
 
 
 class YOLO(nn.Module):
-    """YOLOv3's neck and head on a zoo backbone (``yolov3`` = this on ``darknet53``)."""
+    """YOLOv3's neck and head on a zoo backbone (``yolov3`` = this on ``darknet53``).
+
+    ``widths`` sets the neck per scale (yolov3.cfg: 512, 256, 128) and, with ``anchors``,
+    the number of scales: two widths and two anchor sets make a strides-32/16 detector.
+    """
 
     backbone: str = "darknet53"
+    backbone_options: tuple[tuple[str, Any], ...] = ()  # e.g. (("alpha", 0.35),)
     widths: tuple[int, ...] = (512, 256, 128)
     anchors: Anchors = YOLOV3_ANCHORS
     num_classes: int | None = 80
@@ -255,6 +260,7 @@ class YOLO(nn.Module):
         if len(self.widths) != len(self.anchors) or not 1 <= len(self.widths) <= 3:
             raise ValueError(f"{name}: one width and one anchor set per scale (1 to 3 scales)")
         extra = {"bn_momentum": self.bn_momentum} if self.backbone == "darknet53" else {}
+        extra |= dict(self.backbone_options)
         net = spec(self.backbone).builder(include_top=False, num_classes=None,
                                           in_channels=self.in_channels, dtype=self.dtype,
                                           name="backbone", **extra)
