@@ -158,3 +158,26 @@ def test_yolov1_targets_decode_and_loss():
     np.testing.assert_allclose(b[0, k], [8, 8, 24, 40], atol=1e-4)
     worse, parts = L.yolov1_loss(out.at[0, 1, 1, 0].set(0.3), boxes, classes, valid, nb, hw)
     assert float(parts["coord"]) == pytest.approx(0.09) and float(worse) > 5 * 0.09
+
+
+def test_evaluate_batches_and_drawing():
+    from train.detection import predict as P
+
+    batch = {"image": np.zeros((2, 32, 32, 3), np.uint8),
+             "boxes": np.asarray([[[2, 2, 12, 12], [0, 0, 0, 0]],
+                                  [[5, 5, 25, 25], [1, 1, 9, 9]]], np.float32),
+             "classes": np.asarray([[0, 0], [1, 0]]), "valid": np.asarray([[1, 0], [1, 1]], bool),
+             "difficult": np.zeros((2, 2), bool), "mask": np.asarray([1.0, 1.0])}
+
+    def oracle(b):  # detections = the ground truth, score 0.9
+        return {"boxes": b["boxes"], "scores": np.full((2, 2), 0.9), "classes": b["classes"],
+                "valid": b["valid"]}
+
+    r = P.evaluate_batches(oracle, [batch], ["a", "b"])
+    assert r["voc_map50"] == 1.0 and r["num_images"] == 2 and r["per_class"]["a"]["num_gt"] == 2
+    padded = dict(batch, mask=np.asarray([1.0, 0.0]))  # the second image is loader padding
+    assert P.evaluate_batches(oracle, [padded], ["a", "b"])["num_images"] == 1
+    im = P.draw(np.zeros((40, 40, 3), np.uint8), np.asarray([[5, 15, 30, 35]]), np.asarray([1]),
+                np.asarray([0.87]), ["a", "b"])
+    px = np.asarray(im)
+    assert tuple(px[25, 5]) == P.PALETTE[1] and tuple(px[25, 20]) == (0, 0, 0)
