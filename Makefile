@@ -29,8 +29,12 @@ dot:
 	    echo "Graphviz 'dot' is missing: install it (apt-get install graphviz / brew install graphviz)"; exit 1; \
 	  fi; }
 
+DEMO_DIR ?= workdirs/demo
+
 demo: $(VENV)/.installed
 	$(BIN)/python -m scripts.models
+	$(BIN)/python -m scripts.train --config train/configs/synthetic.py --workdir $(DEMO_DIR)
+	$(BIN)/python -m scripts.evaluate --workdir $(DEMO_DIR)
 
 test: $(VENV)/.installed-test dot
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -185,24 +185,22 @@ def test_freeze_colours():
 
 def test_policies():
     spec = zoo.spec("resnet50")
-    assert viz.trainable_groups("frozen", spec) == ("head",)
-    assert viz.trainable_groups("finetune:2", spec) == ("stage3", "stage4", "head")
-    assert viz.trainable_groups("full", spec) == spec.group_names
     frozen = viz.trainable_fn("frozen", "resnet50")
     assert frozen("head/kernel") and not frozen("stage4/block3/conv3/kernel")
+    top2 = viz.trainable_fn("finetune:2", spec)
+    assert top2("stage3/block1/conv1/kernel") and not top2("stage2/block1/conv1/kernel")
+    assert viz.trainable_fn("full", spec)("stem/conv/kernel")
     groups = viz.trainable_fn(["stage1", "head"], spec)
     assert groups("stage1/block1/conv1/bias") and not groups("stem/conv/kernel")
     assert viz.trainable_fn(r"conv1/")("stage1/block1/conv1/kernel")
+    assert viz.trainable_fn(r"regex:conv1/")("stage1/block1/conv1/kernel")
     assert viz.trainable_fn(None)("anything")
-    assert viz.trainable_groups("finetune", spec) == ("stage3", "stage4", "head")
-    for bad, msg in (("finetune:9", "groups"), ("finetune:x", "named policies"),
+    for bad, msg in (("finetune:9", "groups below the head"), ("finetune:x", "unknown policy"),
                      (["stage9"], "unknown groups")):
         with pytest.raises(ValueError, match=msg):
             viz.trainable_fn(bad, spec)
     with pytest.raises(ValueError, match="regex"):
         viz.trainable_fn("frozen")
-    labels = viz.param_labels({"head": {"kernel": 0}, "stem": {"conv": {"kernel": 0}}}, frozen)
-    assert labels == {"head": {"kernel": "trainable"}, "stem": {"conv": {"kernel": "frozen"}}}
 
 
 def test_summary_totals():

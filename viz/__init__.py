@@ -10,12 +10,11 @@ from viz import dot
 from viz.dot import GraphvizNotFound, render, to_dot
 from viz.draw import draw, gallery, view
 from viz.graph import Edge, Graph, Node, collapse, fold
-from viz.policy import param_labels, trainable_fn, trainable_groups
+from viz.policy import trainable_fn
 from viz.summary import summarize, summary
 from viz.trace import trace
 
 __all__ = [
     "Edge", "Graph", "GraphvizNotFound", "Node", "collapse", "dot", "draw", "fold", "gallery",
-    "param_labels", "render", "summarize", "summary", "to_dot", "trace", "trainable_fn",
-    "trainable_groups", "view",
+    "render", "summarize", "summary", "to_dot", "trace", "trainable_fn", "view",
 ]

@@ -6,3 +6,5 @@ from zoo import alexnet, resnet, squeezenet, vgg, yolo  # noqa: F401
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
 __all__ = ["ModelSpec", "create", "list_models", "register", "spec"]
+
+from zoo import pretrained  # noqa: E402, F401  (zoo.pretrained.load; imports the registry above)

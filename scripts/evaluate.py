@@ -1,0 +1,30 @@
+"""Evaluate a training workdir's best (else last) checkpoint; print and write JSON.
+
+  python -m scripts.evaluate --workdir /tmp/zoo_demo [--data folder:/path/to/images]
+"""
+
+import json
+
+from absl import app, flags
+
+from train import evaluate
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A training workdir.")
+flags.DEFINE_string("data", None, "Data source (default: the run's own, its test split).")
+flags.DEFINE_string("split", None, "Split of the run's own source: train, validation, test, all.")
+flags.DEFINE_string("positive_class", None, "Class for sensitivity/specificity/ROC AUC.")
+flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    del argv
+    report = evaluate.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
+                               positive_class=FLAGS.positive_class, which=FLAGS.checkpoint)
+    print(json.dumps(report, indent=2))
+    print(evaluate.summary(report))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,120 @@
+"""Reference weights download (verified, cached, atomic, offline errors) and scripts/convert.py.
+
+No network: the "official" site is a ``file://`` folder or a monkeypatched opener, and
+the weight files are written from random variables without Keras.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+
+import numpy as np
+import pytest
+import weight_files as W
+
+import zoo
+from zoo.weights import download
+
+
+@pytest.fixture(scope="module")
+def r50(tmp_path_factory):
+    """A Keras 2-style weights file for resnet50 (random values), and its variables."""
+    variables = W.random_variables("resnet50")
+    path = tmp_path_factory.mktemp("site") / "resnet50.h5"
+    W.save_keras_h5_from_ours("resnet50", variables, path)
+    return variables, path
+
+
+def test_file_from_ours_loads_back(r50):
+    variables, path = r50
+    np.testing.assert_equal(zoo.pretrained.load("resnet50", path=path),
+                            {k: dict(v) for k, v in variables.items()})
+
+
+def test_reference_urls():
+    f = download.reference_file("resnet18", "torchvision")
+    assert f.url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert f.sha256 == "f37072fd"
+    f = download.reference_file("mobilenetv2", "keras", include_top=False, alpha=0.35)
+    assert f.url.endswith("mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_"
+                          "0.35_224_no_top.h5")
+    assert download.reference_file("resnet50", "keras").md5 == "2cb95161c43110f7111970584f804107"
+    with pytest.raises(download.WeightsUnavailableError, match="alpha"):
+        download.reference_file("mobilenetv2", "keras", alpha=0.3)
+
+
+def test_load_downloads_once_and_verifies(r50, tmp_path, monkeypatch):
+    _, path = r50
+    site = tmp_path / "site" / "resnet"
+    site.mkdir(parents=True)
+    name = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    (site / name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(download, "KERAS", (tmp_path / "site").as_uri() + "/")
+    monkeypatch.setitem(download.SHA256, name, download.digests(path)[0])
+    monkeypatch.setenv("TRANSFER_ZOO_CACHE", str(cache := tmp_path / "cache"))
+    v = zoo.pretrained.load("resnet50")
+    assert (cache / name).read_bytes() == path.read_bytes()
+    (site / name).unlink()  # a second load must not download again
+    np.testing.assert_equal(v, zoo.pretrained.load("resnet50"))
+    assert sorted(os.listdir(cache)) == [name]
+
+
+def test_bad_digest_keeps_nothing(r50, tmp_path):
+    _, path = r50
+    f = download.WeightFile(path.as_uri(), sha256="0" * 64)
+    with pytest.raises(download.WeightsUnavailableError, match="digest mismatch"):
+        download.fetch(f, cache=tmp_path / "c")
+    assert os.listdir(tmp_path / "c") == []
+    f = download.WeightFile(path.as_uri(), md5=download.digests(path)[1])
+    assert download.fetch(f, cache=tmp_path / "c").read_bytes() == path.read_bytes()
+
+
+def test_interrupted_download_keeps_nothing(tmp_path, monkeypatch):
+    class Cut:
+        headers = {"Content-Length": "100"}
+        data = [b"x" * 40, b""]
+
+        def read(self, n):
+            return self.data.pop(0)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Cut())
+    with pytest.raises(download.WeightsUnavailableError, match="40 of 100 bytes"):
+        download.fetch("https://example.invalid/w.h5", cache=tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_offline_error_names_url_and_cache(tmp_path, monkeypatch):
+    def offline(url, timeout):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
+    monkeypatch.setenv("TRANSFER_ZOO_CACHE", str(tmp_path))
+    with pytest.raises(download.WeightsUnavailableError) as e:
+        zoo.pretrained.load("resnet18")
+    msg = str(e.value)
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
+    assert str(tmp_path / "resnet18-f37072fd.pth") in msg and "no network" in msg
+
+
+# ---------------------------------------------------------------- scripts/convert.py
+
+def test_convert_script_writes_a_checkpoint_once(r50, tmp_path):
+    from scripts import convert
+
+    variables, path = r50
+    args = ["--model", "resnet50", "--input", str(path), "--output", str(tmp_path / "ckpt")]
+    out = convert.main(args + ["--no-top", "--set", "pooling='avg'"])
+    with pytest.raises(SystemExit, match="exists"):
+        convert.main(args)
+    v = zoo.pretrained.load("resnet50", path=out, num_classes=3)  # no head in it: a new one
+    assert v["params"]["head"]["kernel"].shape == (2048, 3)
+    np.testing.assert_equal(v["batch_stats"], variables["batch_stats"])
+    convert.main(args + ["--overwrite"])
+    np.testing.assert_equal(zoo.pretrained.load("resnet50", path=out), variables)

@@ -1,0 +1,1 @@
+"""Training recipes: ml_collections ``get_config()`` files (see ``base.py`` for every key)."""

@@ -1,0 +1,86 @@
+"""Every key a training run understands, with defaults; recipes change values, never add keys.
+
+``python -m scripts.train --config train/configs/<recipe>.py --config.key=value --workdir DIR``.
+The config is locked: a misspelt ``--config.batchsize`` is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The shared defaults of all recipes (a small model on the offline synthetic cells)."""
+    c = ml_collections.ConfigDict()
+    # Model: `name` is a zoo name; every other key under `model` goes to zoo.create().
+    c.model = ml_collections.ConfigDict({"name": "resnet18"})
+    # Classifier for the new task, always under the `head` path: `reference` (the model's
+    # own top) or `mlp` (global pool -> dense -> activation -> dropout -> dense).
+    c.head = ml_collections.ConfigDict(
+        {"kind": "reference", "hidden": 256, "activation": "relu", "dropout": 0.2}
+    )
+    # '' = random weights; a directory = an orbax checkpoint (a training workdir, its
+    # checkpoints/ folder, or a pytree of {'params', 'batch_stats'}); 'imagenet' (the
+    # model's reference weights), 'keras', 'torchvision' or a weights file (.h5, .pth,
+    # .safetensors) = through zoo.pretrained (train.checkpoint.PRETRAINED).
+    c.init = ""
+    c.init_head = False  # also take `head/` from config.init (same task, same classes)
+    # Freezing: frozen | finetune | finetune:N | full | scratch | regex:<trainable path regex>.
+    c.policy = "full"
+    c.finetune_groups = 2  # finetune: the top N spec groups below the head train too
+    c.backbone_lr_scale = 0.1  # learning-rate factor for trainable non-head parameters
+
+    c.optimizer = "adamw"  # adamw | adam | sgd (momentum 0.9, nesterov)
+    c.learning_rate = 1e-3
+    c.weight_decay = 1e-4  # decoupled, on kernels (ndim > 1) of trainable parameters only
+    c.schedule = "cosine"  # cosine | constant
+    c.warmup_steps = 0
+    c.label_smoothing = 0.0
+    c.grad_clip = 0.0  # global-norm clipping of trainable gradients; 0 = off
+
+    c.batch_size = 64  # global, over all devices and processes
+    c.epochs = 3
+    c.max_steps = 0  # stop after this many steps in total (0 = epochs decide)
+    c.seed = 0
+    c.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
+    c.num_devices = 0  # 0 = all devices of all processes
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # synthetic | folder:<path> | tfds:<name>
+    c.data.image_size = 64
+    c.data.splits = (0.8, 0.1, 0.1)  # train / validation / test fractions
+    c.data.group_regex = ""  # group split key from file names; first group of the match
+    c.data.limit = 0  # use at most this many examples (stratified subsample); 0 = all
+    c.data.synthetic_size = 2000
+    c.data.tfds_split = "train"
+    c.data.tfds_data_dir = ""
+    c.data.download = True  # tfds may download and prepare (online use)
+    c.data.cache = True  # keep resized images in memory after the first epoch
+    c.data.workers = 2  # decoding / augmentation threads
+    c.data.prefetch = 2  # batches prepared ahead
+    c.data.augment = ml_collections.ConfigDict(
+        {
+            "hflip": True,
+            "vflip": False,
+            "rotate90": False,  # random multiples of 90 degrees
+            "rotation": 0.0,  # random angle in [-rotation, rotation] degrees
+            "crop_scale": 1.0,  # random resized crop keeping >= this area fraction
+            "brightness": 0.0,  # factors in [1 - x, 1 + x]
+            "contrast": 0.0,
+            "saturation": 0.0,
+        }
+    )
+
+    c.positive_class = ""  # sensitivity/specificity/ROC for this class ('' = class 0)
+    c.best_metric = "accuracy"  # validation metric that picks the best checkpoint
+    c.checkpoint_every_steps = 200
+    c.keep_checkpoints = 2
+    c.log_every_steps = 50
+    c.progress = True  # progress bar with images/s and ETA on stderr
+    return c
+
+
+def locked(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Lock a recipe so that unknown keys are errors."""
+    c.lock()
+    return c

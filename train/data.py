@@ -1,0 +1,194 @@
+"""Labelled image sources: ``synthetic``, ``folder:<path>`` and ``tfds:<name>``.
+
+A :class:`Source` is random access: ``labels`` and ``keys`` (file names, for grouped
+splits) are known up front, ``image(i)`` decodes one RGB uint8 image on demand. Splits,
+preprocessing and batching live in ``train/splits.py`` and ``train/pipeline.py``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+SYNTHETIC_CLASSES = ("parasitized", "uninfected")  # the tfds `malaria` label order
+
+
+@dataclasses.dataclass
+class Source:
+    """A random-access labelled image dataset."""
+
+    spec: str
+    class_names: tuple[str, ...]
+    labels: np.ndarray
+    keys: list[str] | None
+    load: Callable[[int], np.ndarray] = dataclasses.field(repr=False)
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        """Example ``i`` as an HxWx3 uint8 RGB array."""
+        return self.load(int(i))
+
+
+def open_source(spec: str, *, seed: int = 0, synthetic_size: int = 2000,
+                tfds_split: str = "train", tfds_data_dir: str = "", download: bool = True,
+                workers: int = 2) -> Source:
+    """Open ``synthetic``, ``folder:<path>`` or ``tfds:<name>`` as a :class:`Source`."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        return synthetic_source(synthetic_size, seed=seed)
+    if kind == "folder" and arg:
+        return folder_source(arg, workers=workers)
+    if kind == "tfds" and arg:
+        return tfds_source(arg, split=tfds_split, data_dir=tfds_data_dir or None,
+                           download=download)
+    raise ValueError(
+        f"unknown data source {spec!r}; use 'synthetic', 'folder:<path>' or 'tfds:<name>'"
+    )
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _readable(path: str) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()  # header and chunk checksums, without a full decode
+        return True
+    except Exception:  # noqa: BLE001  (any failure means: skip this file)
+        return False
+
+
+def decode(data: bytes | str) -> np.ndarray:
+    """Encoded image bytes (or a file path) -> HxWx3 uint8 RGB."""
+    src = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    with Image.open(src) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def folder_source(root: str, *, workers: int = 2) -> Source:
+    """``root/<class>/<image>`` (Kaggle ``cell_images`` layout); corrupt files skipped."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"{root!r} has no class subfolders (expected {root}/<class>/*.png)")
+    files: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        found = sorted(f for f in os.listdir(os.path.join(root, name))
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not found:
+            raise ValueError(f"class folder {os.path.join(root, name)!r} has no images")
+        files += [(f"{name}/{f}", label) for f in found]
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        ok = list(pool.map(_readable, (os.path.join(root, k) for k, _ in files), chunksize=64))
+    bad = [k for (k, _), good in zip(files, ok, strict=True) if not good]
+    if bad:
+        log.warning("skipped %d unreadable image file(s) in %s, e.g. %s", len(bad), root,
+                    ", ".join(bad[:5]))
+    files = [f for f, good in zip(files, ok, strict=True) if good]
+    labels = np.asarray([lab for _, lab in files], np.int32)
+    for label, name in enumerate(classes):
+        if not np.any(labels == label):
+            raise ValueError(f"class {name!r} in {root!r} has no readable images")
+    keys = [k for k, _ in files]
+    return Source(f"folder:{root}", tuple(classes), labels, keys,
+                  lambda i: decode(os.path.join(root, keys[i])), skipped=len(bad))
+
+
+# --------------------------------------------------------------------------- tfds
+
+
+def tfds_source(name: str, *, split: str = "train", data_dir: str | None = None,
+                download: bool = True) -> Source:
+    """A tfds dataset through ``tfds.data_source`` (array_record; no TensorFlow needed)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    ds = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    # Reading the labels decodes every image once (about 30 s for malaria's 27,558).
+    # tfds.decode.SkipDecoding would avoid it, but needs TensorFlow under mock_data.
+    labels = np.asarray([int(ds[i]["label"]) for i in range(len(ds))], np.int32)
+    names = tuple(builder.info.features["label"].names)
+
+    def load(i: int) -> np.ndarray:
+        img = ds[i]["image"]
+        return decode(img) if isinstance(img, bytes | bytearray) else _rgb(np.asarray(img))
+
+    return Source(f"tfds:{name}", names, labels, None, load)
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    return img[..., :3].astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def synthetic_source(size: int = 2000, *, seed: int = 0, slides: int = 40,
+                     pixels: int = 64) -> Source:
+    """Generated thin-smear cells: round pink cells, parasitized ones with stained dots.
+
+    Deterministic by (seed, index); classes are ``parasitized`` (0) and ``uninfected``
+    (1) as in tfds ``malaria``; keys look like ``S007_IMG_00123.png`` (slide prefix first)
+    so that grouped splits can be exercised offline.
+    """
+    if size < 2:
+        raise ValueError(f"synthetic_size must be at least 2, got {size}")
+    labels = (np.random.default_rng([seed, 1]).permutation(size) % 2).astype(np.int32)
+    keys = [f"S{i % slides:03d}_IMG_{i:05d}.png" for i in range(size)]
+    return Source("synthetic", SYNTHETIC_CLASSES, labels, keys,
+                  lambda i: synthetic_cell(bool(labels[i] == 0), seed, i, pixels))
+
+
+def synthetic_cell(parasitized: bool, seed: int, index: int, pixels: int = 64) -> np.ndarray:
+    """One cell crop: dark background, shaded pink disc, purple chromatin dots if infected."""
+    rng = np.random.default_rng([seed, 2, index])
+    yy, xx = np.mgrid[0:pixels, 0:pixels].astype(np.float32) / pixels
+    cy, cx = 0.5 + rng.normal(0, 0.03, 2)
+    ry, rx = rng.uniform(0.34, 0.46, 2)
+    d = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+    cell = np.clip((1.0 - d) * 8.0, 0.0, 1.0)[..., None]  # soft edge
+    tint = np.asarray([rng.uniform(190, 235), rng.uniform(130, 175), rng.uniform(150, 195)])
+    shade = 1.0 - 0.18 * d[..., None] + rng.normal(0, 0.02)  # paler centre, darker rim
+    img = cell * tint * shade + (1 - cell) * rng.uniform(0, 12)
+    spots = _spots(rng, parasitized)
+    for (sy, sx, r, colour, strength) in spots:
+        sy, sx = cy + sy * ry, cx + sx * rx
+        blob = np.exp(-(((yy - sy) ** 2 + (xx - sx) ** 2) / (2 * r * r)))[..., None]
+        img = img * (1 - strength * blob * cell) + colour * strength * blob * cell
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _spots(rng: np.random.Generator, parasitized: bool) -> Sequence[tuple]:
+    """(y, x, radius, colour, strength) of stained dots; faint pale ones as distractors."""
+    spots = []
+    if parasitized:
+        for _ in range(rng.integers(1, 4)):
+            a, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.7)
+            colour = np.asarray([rng.uniform(70, 140), rng.uniform(30, 80), rng.uniform(110, 170)])
+            spots.append((rr * np.sin(a), rr * np.cos(a), rng.uniform(0.025, 0.06), colour,
+                          rng.uniform(0.5, 0.9)))
+    elif rng.random() < 0.5:  # platelets / stain debris: pale, larger, low contrast
+        a, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.7)
+        colour = np.asarray([rng.uniform(160, 200), rng.uniform(120, 150), rng.uniform(150, 190)])
+        spots.append((rr * np.sin(a), rr * np.cos(a), rng.uniform(0.04, 0.09), colour,
+                      rng.uniform(0.3, 0.6)))
+    return spots

@@ -1,0 +1,118 @@
+"""Run logs people can read: JSONL + CSV history, TensorBoard events, console progress."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(workdir: str) -> None:
+    """The project's INFO messages to stderr and ``<workdir>/train.log``; library chatter
+    (orbax, absl) only from WARNING up."""
+    ours = logging.getLogger("train")
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    path = os.path.abspath(os.path.join(workdir, "train.log"))
+    for h in [h for h in ours.handlers if isinstance(h, logging.FileHandler)]:
+        if h.baseFilename != path:
+            ours.removeHandler(h)
+            h.close()
+    if not any(isinstance(h, logging.FileHandler) for h in ours.handlers):
+        fh = logging.FileHandler(path)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        ours.addHandler(fh)
+    if not any(type(h) is logging.StreamHandler for h in ours.handlers):
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        ours.addHandler(sh)
+    for chatty in ("absl", "jax"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+class History:
+    """Appends metric rows to ``history.jsonl``/``history.csv`` and TensorBoard events.
+
+    On resume from ``step``, rows logged after that step (work the interrupted run did
+    after its last checkpoint, about to be redone) are dropped, and TensorBoard purges them.
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled  # only the first process writes in a multi-host run
+        self.jsonl = os.path.join(workdir, "history.jsonl")
+        self.csv = os.path.join(workdir, "history.csv")
+        self.rows = [r for r in read_history(workdir) if r["step"] <= resume_step]
+        self.tb = None
+        if not enabled:
+            return
+        self._rewrite()
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                    purge_step=resume_step or None)
+        except ImportError:
+            log.warning("tensorboardX is not installed: no TensorBoard events are written")
+
+    def write(self, step: int, split: str, metrics: dict[str, Any], **extra: Any) -> None:
+        """One row: ``{'step', 'split', **extra, **metrics}``; scalars go to TensorBoard."""
+        if not self.enabled:
+            return
+        row = {"step": int(step), "split": split, **extra,
+               **{k: _plain(v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._write_csv()
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and k not in ("step",):
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+            self.tb.flush()
+
+    def _rewrite(self) -> None:
+        with open(self.jsonl, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        fields: list[str] = []
+        for r in self.rows:
+            fields += [k for k in r if k not in fields]
+        with open(self.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_history(workdir: str) -> list[dict[str, Any]]:
+    """The rows of ``history.jsonl`` (empty when there is none)."""
+    path = os.path.join(workdir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _plain(v: Any) -> Any:
+    try:
+        return float(v) if not isinstance(v, int | str | bool | list | dict) else v
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def progress(total: int, initial: int, desc: str, enabled: bool):
+    """A tqdm bar counting images (so its rate is images/s, with an ETA)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled,
+                leave=False, mininterval=1.0, dynamic_ncols=True, file=sys.stderr)
