@@ -58,7 +58,11 @@ def open_detection_source(spec: str, *, split: str = "train", seed: int = 0,
                           class_names: Sequence[str] | None = None, shapes_size: int = 512,
                           image_size: int = 128, data_dir: str | None = None,
                           download: bool = False) -> DetectionSource:
-    """``voc:<folder>``, ``tfds:<name>`` (e.g. ``tfds:voc/2007``) or ``shapes``."""
+    """``voc:<folder>``, ``tfds:<name>`` (e.g. ``tfds:voc/2007``) or ``shapes``.
+
+    ``shapes`` makes ``shapes_size`` training images and a fifth as many (at least 64)
+    for any other split, each split from its own seed.
+    """
     kind, _, arg = spec.partition(":")
     if kind == "voc" and arg:
         return voc_folder_source(arg, split, class_names=class_names)
@@ -66,7 +70,8 @@ def open_detection_source(spec: str, *, split: str = "train", seed: int = 0,
         return tfds_detection_source(arg, split=split, data_dir=data_dir, download=download)
     if kind == "shapes":
         offset = {"train": 0, "val": 1, "validation": 1, "test": 2}.get(split, 3)
-        return shapes_source(shapes_size, seed=seed * 10 + offset, size=image_size)
+        n = shapes_size if offset == 0 else max(64, shapes_size // 5)
+        return shapes_source(n, seed=seed * 10 + offset, size=image_size)
     raise ValueError(f"unknown detection data {spec!r}; use 'voc:<folder>', 'tfds:<name>' "
                      "or 'shapes'")
 
