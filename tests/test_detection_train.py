@@ -130,3 +130,26 @@ def test_anchors_and_models_from_config(tmp_path):
     with pytest.raises(ValueError, match="no zoo backbone"):
         c.init = "imagenet"
         B.load_init(c, B.build_detector(tiny_config(), 3, None), {})
+
+
+@pytest.mark.parametrize("recipe", ["shapes_yolo", "bccd_yolo"])
+def test_detection_recipes_build(recipe):
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+
+    import zoo
+
+    c = importlib.import_module(f"train.configs.{recipe}").get_config()
+    if c.model.name not in zoo.list_models():
+        pytest.skip(f"{c.model.name} is not registered in this checkout")
+    assert zoo.spec(c.model.name).task == "detection" and c.best_metric == "voc_map50"
+    hw = B.image_hw(c)
+    assert hw[0] % 32 == 0 and hw[1] % 32 == 0
+    n = len(B.model_kwargs(c).get("widths", (0, 0, 0) if "tiny" not in c.model.name else (0, 0)))
+    anchors = tuple(((10.0 * (i + 1), 10.0 * (i + 1)),) * 3 for i in range(n))
+    model = B.build_detector(c, 3, anchors)
+    x = jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)
+    out = jax.eval_shape(lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x), x)
+    assert [o.shape[1:3] for o in out] == [(hw[0] // s, hw[1] // s) for s in (32, 16, 8)[:n]]
