@@ -2,7 +2,7 @@
 
 # Registers the families; yolo comes last (alphabetically too): it adds yolo_<backbone>
 # for the backbones registered before it.
-from zoo import alexnet, resnet, squeezenet, vgg, yolo  # noqa: F401
+from zoo import alexnet, darknet, resnet, squeezenet, vgg, yolo  # noqa: F401
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
 __all__ = ["ModelSpec", "create", "list_models", "register", "spec"]

@@ -1,6 +1,5 @@
-"""YOLO detectors (Redmon et al. 2016, 2018) and their Darknet-53 backbone.
+"""YOLO detectors (Redmon et al. 2016, 2018); Darknet-53 lives in ``zoo/darknet.py``.
 
-- ``darknet53``: the Darknet-53 classifier of ``darknet53.cfg`` (also YOLOv3's backbone).
 - ``yolov3``: ``yolov3.cfg``: Darknet-53, then a three-scale neck and head, 9 anchors.
 - ``yolov3_tiny``: ``yolov3-tiny.cfg``: 7 convs and max-pools, two scales, 6 anchors.
 - ``yolov1``: the 2015 paper's network (Figure 3): 24 convs, 2 dense layers, 7x7x30.
@@ -16,10 +15,9 @@ final 1x1 convs (``head/scale{i}``) see; ``include_top=False`` returns the backb
 features (strides 32, 16, 8). YOLOv1 returns ``(N, S, S, 5 B + C)``: per cell B boxes as
 ``x, y, sqrt(w), sqrt(h), confidence``, then C class scores.
 
-Darknet conventions: every ``[convolutional]`` with batch norm is :class:`ConvBN` (conv
-without bias, BN, leaky ReLU 0.1), padded symmetrically by ``k // 2``; inputs are RGB in
-[0, 1]. A Darknet ``.weights`` file holds BN statistics too, so the Darknet figures
-compare with our ``params + batch_stats``.
+Darknet conventions (see ``zoo/darknet.py``): conv-BN-leaky blocks (:class:`ConvBN`),
+RGB input in [0, 1], and Darknet figures that count BN statistics (``params +
+batch_stats``). ``zoo/weights/darknet.py`` reads Darknet ``.weights`` files.
 
 Layout: ``backbone/...`` (Darknet-53: ``stem``, ``stage{i}/downsample``,
 ``stage{i}/block{j}/conv{1,2}``), ``neck/scale{i}/{lateral,conv1..conv6}``, ``head/scale{i}``.
@@ -36,9 +34,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.darknet import DARKNET_NORM, ConvBN, darknet_groups
 from zoo.registry import ModelSpec, list_models, register, spec
 
-DARKNET_NORM = dict(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), channel_order="RGB")
 Anchors = tuple[tuple[tuple[float, float], ...], ...]
 
 # Darknet's COCO anchors (pixels at 416), grouped per output scale, coarsest first.
@@ -55,24 +53,6 @@ def upsample2(x: jax.Array) -> jax.Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-class ConvBN(nn.Module):
-    """Darknet ``[convolutional] batch_normalize=1``: conv (no bias), BN, leaky ReLU 0.1."""
-
-    features: int
-    kernel: int
-    stride: int = 1
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.99  # Darknet: rolling = .99 rolling + .01 batch
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = layers.Conv(self.features, self.kernel, self.stride, padding=self.kernel // 2,
-                        use_bias=False, dtype=self.dtype, name="conv")(x)
-        x = layers.batch_norm(epsilon=1e-5, momentum=self.bn_momentum, dtype=self.dtype,
-                              name="bn")(x, use_running_average=not train)
-        return nn.leaky_relu(x, 0.1)
-
-
 def check_detector_input(x: jax.Array, *, model: str, in_channels: int, min_size: int,
                          multiple: int = 32) -> None:
     """``layers.check_input`` plus sides divisible by the network's largest stride."""
@@ -82,62 +62,6 @@ def check_detector_input(x: jax.Array, *, model: str, in_channels: int, min_size
         raise ValueError(f"{model} needs image sides that are multiples of {multiple}, got "
                          f"{h}x{w}; letterbox the images to e.g. "
                          f"{-(-h // multiple) * multiple}x{-(-w // multiple) * multiple}")
-
-
-# ----------------------------------------------------------------------- Darknet-53
-
-
-class Residual(nn.Module):
-    features: int
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.99
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        cbn = functools.partial(ConvBN, dtype=self.dtype, bn_momentum=self.bn_momentum)
-        y = cbn(self.features // 2, 1, name="conv1")(x, train)
-        return x + cbn(self.features, 3, name="conv2")(y, train)
-
-
-class DarknetStage(nn.Module):
-    features: int
-    num_blocks: int
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.99
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        x = ConvBN(self.features, 3, 2, dtype=self.dtype, bn_momentum=self.bn_momentum,
-                   name="downsample")(x, train)
-        for j in range(1, self.num_blocks + 1):
-            x = Residual(self.features, self.dtype, self.bn_momentum, name=f"block{j}")(x, train)
-        return x
-
-
-class Darknet53(nn.Module):
-    """Darknet-53 (``darknet53.cfg``); the head is the cfg's 1x1 conv after the average pool."""
-
-    stage_sizes: tuple[int, ...] = (1, 2, 8, 8, 4)
-    num_classes: int | None = 1000
-    include_top: bool = True
-    pooling: str | None = None
-    in_channels: int = 3
-    dtype: Any = jnp.float32
-    min_size: int = 32
-    bn_momentum: float = 0.99
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_input(x, model="Darknet53", in_channels=self.in_channels,
-                           min_size=self.min_size)
-        x = ConvBN(32, 3, dtype=self.dtype, bn_momentum=self.bn_momentum, name="stem")(x, train)
-        for i, n in enumerate(self.stage_sizes, 1):
-            x = DarknetStage(32 * 2**i, n, self.dtype, self.bn_momentum, name=f"stage{i}")(
-                x, train)
-        if not self.include_top:
-            return layers.pool_features(x, self.pooling)
-        x = layers.global_pool(x, "avg")
-        return layers.classifier(x, num_classes=self.num_classes, dtype=self.dtype)
 
 
 # ------------------------------------------------------------------ neck and head
@@ -428,23 +352,11 @@ def neck_head_count(channels: tuple[int, ...], widths: tuple[int, ...], anchors:
     return total
 
 
-def _darknet_groups(prefix: str = "") -> tuple[tuple[str, str], ...]:
-    return (("stem", f"^{prefix}stem/"),
-            *((f"stage{i}", f"^{prefix}stage{i}/") for i in range(1, 6)))
-
-
-register(ModelSpec(
-    name="darknet53", builder=Darknet53, family="yolo", reference="darknet",
-    reference_name="darknet53.cfg (pjreddie/darknet)", reference_params=41_645_640,
-    input_size=256, min_size=32, **DARKNET_NORM,
-    groups=(*_darknet_groups(), ("head", "^head/")),
-    description="Darknet-53: 52 convs with residual blocks (1, 2, 8, 8, 4), YOLOv3's backbone",
-))
 register(ModelSpec(
     name="yolov3", builder=YOLO, family="yolo", reference="darknet",
     reference_name="yolov3.cfg (pjreddie/darknet)", reference_params=62_001_757,
     input_size=416, min_size=32, **DARKNET_NORM, task="detection", num_classes=80,
-    groups=(*_darknet_groups("backbone/"), ("neck", "^neck/"), ("head", "^head/")),
+    groups=(*darknet_groups("backbone/"), ("neck", "^neck/"), ("head", "^head/")),
     description="YOLOv3: Darknet-53, 3 scales (strides 32, 16, 8) x 3 anchors",
 ))
 register(ModelSpec(
