@@ -57,7 +57,16 @@ def keras_layers(model) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def torch_model(name: str, *, num_classes: int = 1000):
+# Constructor options that make a torchvision model the one a zoo name stands for.
+# googlenet: no auxiliary heads (the zoo model's default; torchvision's published 6,624,904
+# parameters count none), no transform_input (the zoo model expects already-normalised
+# input, see zoo/googlenet.py), and init_weights=True to silence torchvision's warning.
+TORCH_OPTIONS = {
+    "googlenet": dict(aux_logits=False, transform_input=False, init_weights=True),
+}
+
+
+def torch_model(name: str, *, num_classes: int = 1000, **options):
     """The torchvision model behind a zoo name, with random weights and BN statistics."""
     import torch
     import torchvision
@@ -65,7 +74,8 @@ def torch_model(name: str, *, num_classes: int = 1000):
     spec = zoo.spec(name)
     ctor = getattr(torchvision.models, spec.reference_name.rsplit(".", 1)[-1])
     torch.manual_seed(0)
-    model = ctor(weights=None, num_classes=num_classes).eval()
+    options = TORCH_OPTIONS.get(name, {}) | options
+    model = ctor(weights=None, num_classes=num_classes, **options).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for mod in model.modules():

@@ -51,7 +51,9 @@ def keras_parity(name, *, include_top=True, pooling=None, num_classes=10):
     x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")
     target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
     variables = convert.from_keras(R.keras_layers(kmodel), name_map(name, model, "keras"), target)
-    assert_logits_match(jax.jit(model.apply)(variables, x), kmodel(x), softmax=include_top)
+    # predict() runs the Keras model jitted: ~4x faster here than an eager kmodel(x)
+    ref = kmodel.predict(x, verbose=0)
+    assert_logits_match(jax.jit(model.apply)(variables, x), ref, softmax=include_top)
     return kmodel, model
 
 

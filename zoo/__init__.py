@@ -1,8 +1,18 @@
 """The transfer zoo's models: ``zoo.create(name)``, ``zoo.list_models()``, ``zoo.spec(name)``."""
 
-# Registers the families; yolo comes last (alphabetically too): it adds yolo_<backbone>
-# for the backbones registered before it.
-from zoo import alexnet, darknet, resnet, squeezenet, vgg, yolo  # noqa: F401
+# Importing the family modules registers their models; yolo comes last (alphabetically
+# too): it adds yolo_<backbone> for the backbones registered before it.
+from zoo import (  # noqa: F401
+    alexnet,
+    darknet,
+    densenet,
+    googlenet,
+    inception,
+    resnet,
+    squeezenet,
+    vgg,
+    yolo,
+)
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
 __all__ = ["ModelSpec", "create", "list_models", "register", "spec"]
