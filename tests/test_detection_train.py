@@ -117,10 +117,11 @@ def test_anchors_and_models_from_config(tmp_path):
     c.detection.anchors = ()
     c.detection.auto_anchors = False
     assert B.resolve_anchors(c, src, None)[0][0] == (81.0, 82.0)  # the model's (Darknet's)
-    c.model.name = "yolov1"
+    import ml_collections
+
+    c.model = ml_collections.ConfigDict({"name": "yolov1"})
     assert B.resolve_anchors(c, src, None) is None
-    c.model.name = "yolo_resnet18"
-    c.model.widths = (32, 16)
+    c.model = ml_collections.ConfigDict({"name": "yolo_resnet18", "widths": (32, 16)})
     c.detection.auto_anchors = True
     anchors = B.resolve_anchors(c, src, None)
     model = B.build_detector(c, 3, anchors)

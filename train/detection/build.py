@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -11,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 import zoo
 from train import checkpoint as C
@@ -23,7 +23,6 @@ from train.detection import predict as P
 from train.detection.augment import DetectionAugment
 from train.detection.data import DetectionSource, open_detection_source
 from train.detection.pipeline import DetectionLoader
-from zoo.registry import _module_class
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +48,11 @@ def model_kwargs(config) -> dict[str, Any]:
     return {k: fix(v) for k, v in config.model.items() if k != "name"}
 
 
-def resolve_anchors(config, source: DetectionSource, workdir: str | None) -> tuple | None:
+def resolve_anchors(config, source: DetectionSource | None, workdir: str | None) -> tuple | None:
     """The run's anchors: configured, saved in the workdir, k-means, or the model's own."""
-    name, det = config.model.name, config.detection
-    cls = _module_class(zoo.spec(name).builder)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if "anchors" not in fields:
+    det = config.detection
+    probe = zoo.create(config.model.name, **model_kwargs(config))  # no parameters made
+    if not hasattr(probe, "anchors"):
         return None  # YOLOv1 predicts boxes without anchors
     fix = lambda v: tuple(fix(x) for x in v) if isinstance(v, list | tuple) else float(v)  # noqa: E731
     if det.anchors:
@@ -63,12 +61,13 @@ def resolve_anchors(config, source: DetectionSource, workdir: str | None) -> tup
     if path and os.path.exists(path):
         with open(path) as f:
             return fix(json.load(f))
-    default = fields["anchors"].default
-    widths = model_kwargs(config).get("widths")
-    per_scale = tuple(len(a) for a in default)
+    per_scale = tuple(len(a) for a in probe.anchors)
+    widths = getattr(probe, "widths", None)
     if widths is not None and len(widths) != len(per_scale):
         per_scale = (3,) * len(widths)
     if det.auto_anchors:
+        if source is None:
+            raise ValueError("k-means anchors need the training data")
         hw = image_hw(config)
         found, fit = A.kmeans_anchors(A.letterboxed_sizes(source, hw), sum(per_scale),
                                       seed=config.seed)
@@ -76,7 +75,7 @@ def resolve_anchors(config, source: DetectionSource, workdir: str | None) -> tup
         log.info("anchors by k-means on %s at %dx%d (mean best IoU %.3f): %s", source.spec,
                  *hw, fit, anchors)
     else:
-        anchors = fix(default)
+        anchors = fix(probe.anchors)
     if path and jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(anchors, f)
@@ -128,8 +127,9 @@ def load_init(config, model, variables: dict) -> dict:
                and (p not in src or np.shape(src[p]) != v.shape)]
         if bad:
             raise ValueError(f"config.init={init!r} does not fit {name}'s backbone: {bad[:5]}")
-        out[col] = C._unflatten({p: np.asarray(src[p], v.dtype) if p in src else v
-                                 for p, v in fresh.items()})
+        merged = {p: np.asarray(src[p], v.dtype) if p in src else v for p, v in fresh.items()}
+        out[col] = traverse_util.unflatten_dict({tuple(p.split("/")): v
+                                                 for p, v in merged.items()})
     log.info("backbone %s initialised from %s", backbone, init)
     return out
 
