@@ -1,6 +1,10 @@
 """Evaluate a training workdir's best (else last) checkpoint; print and write JSON.
 
   python -m scripts.evaluate --workdir /tmp/zoo_demo [--data folder:/path/to/images]
+  python -m scripts.evaluate --workdir /tmp/bccd_yolo --data voc:../shared/data/bccd --split val
+
+A detection workdir reports VOC mAP@0.5 and COCO AP@[.5:.95] per class in
+``eval_<split>.json``; ``--split`` is then a split of the data (a VOC ImageSets/Main name).
 """
 
 import json
@@ -20,6 +24,14 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     del argv
+    from train.detection import evaluate as detection
+
+    if detection.is_detection_run(FLAGS.workdir):  # VOC mAP@0.5 and COCO AP, per class
+        report = detection.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
+                                    which=FLAGS.checkpoint)
+        print(json.dumps(report, indent=2))
+        print(detection.loop.summary(report))
+        return
     report = evaluate.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
                                positive_class=FLAGS.positive_class, which=FLAGS.checkpoint)
     print(json.dumps(report, indent=2))

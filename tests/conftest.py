@@ -8,7 +8,8 @@ import zoo  # noqa: E402
 
 # Models whose per-model tests take tens of seconds on 2 CPU cores: in the slow suite.
 SLOW_MODELS = frozenset({"resnet101", "resnet152", "resnet101v2", "resnet152v2", "vgg19",
-                         "densenet169", "densenet201", "inception_resnet_v2"})
+                         "densenet169", "densenet201", "inception_resnet_v2",
+                         "darknet53", "yolov1", "yolov3", "yolo_resnet18", "yolo_resnet50"})
 
 
 def model_params(names=None, *, quick=None):

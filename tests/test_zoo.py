@@ -30,6 +30,22 @@ def paths(tree) -> list[str]:
     return ["/".join(k) for k in traverse_util.flatten_dict(dict(tree))]
 
 
+def assert_outputs(out, name: str, n: int, num_classes: int) -> None:
+    """Classifiers return ``(n, classes)`` logits; detectors raw predictions (zoo/yolo.py):
+    a tuple of per-scale ``(n, h, w, anchors, 5 + C)`` arrays, or YOLOv1's ``(n, S, S, 5B + C)``.
+    """
+    if zoo.spec(name).task == "classification":
+        chex.assert_shape(out, (n, num_classes))
+        return
+    if isinstance(out, tuple):
+        assert out and all(o.ndim == 5 and o.shape[0] == n and o.shape[-1] == 5 + num_classes
+                           for o in out), [o.shape for o in out]
+        assert [o.shape[1] for o in out] == sorted(o.shape[1] for o in out), "coarsest first"
+    else:
+        assert out.ndim == 4 and out.shape[0] == n
+        assert out.shape[-1] > num_classes and (out.shape[-1] - num_classes) % 5 == 0
+
+
 # ---------------------------------------------------------------- registry
 
 
@@ -91,8 +107,8 @@ def test_parameter_count_matches_reference(name):
     spec = zoo.spec(name)
     v = abstract_vars(zoo.create(name), spec.input_size)
     params, stats = count(v["params"]), count(v.get("batch_stats", {}))
-    # Keras counts BN moving statistics; torchvision's figure counts parameters only.
-    total = params + stats if spec.reference == "keras" else params
+    # Keras and Darknet count BN moving statistics; torchvision's figure parameters only.
+    total = params + stats if spec.counts_batch_stats else params
     assert total == spec.reference_params
 
 
@@ -153,7 +169,7 @@ def test_input_validation(name):
     # the minimum itself is accepted, with and without top
     out = jax.eval_shape(lambda v, x: model.apply(v, x), abstract_vars(model, s),
                          jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))
-    assert out.shape == (1, 1000)
+    assert_outputs(out, name, 1, spec.num_classes)
     abstract_vars(zoo.create(name, include_top=False), s)
 
 
@@ -193,12 +209,12 @@ def test_shapes_determinism_and_batchnorm(name):
     jax.tree.map(np.testing.assert_array_equal, v1,
                  jax.jit(model.init)(jax.random.PRNGKey(0), x))
     logits = infer(v1, x)
-    chex.assert_shape(logits, (2, 7))
-    chex.assert_type(logits, jnp.float32)
+    assert_outputs(logits, name, 2, 7)
+    chex.assert_type(jax.tree.leaves(logits), jnp.float32)
     chex.assert_trees_all_equal(infer(v1, x), logits)
 
     logits, updates = train(v1, x)
-    chex.assert_shape(logits, (2, 7))
+    assert_outputs(logits, name, 2, 7)
     chex.assert_tree_all_finite(logits)
     if "batch_stats" in v1:
         before = traverse_util.flatten_dict(dict(v1["batch_stats"]))

@@ -51,11 +51,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
 
 def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable[[str], bool],
                     normalize: Callable, label_smoothing: float = 0.0,
-                    input_key: str = "image", freeze_bn_stats: bool = False) -> Callable:
+                    input_key: str = "image", freeze_bn_stats: bool = False,
+                    loss_fn: Callable | None = None) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``; gradients only for trainable leaves.
 
     The model reads ``batch[input_key]`` (``features`` when the head trains on cached ones).
     ``freeze_bn_stats`` runs every batch norm on its running statistics (Keras fine-tuning).
+    ``loss_fn(outputs, batch) -> (loss, metrics)`` replaces the classification loss (e.g.
+    a detector's); its metrics join the step's, and ``correct`` is then 0.
     """
     bn_trainable = (lambda path: False) if freeze_bn_stats else trainable
 
@@ -65,18 +68,22 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable
         fixed = {k: v for k, v in flat.items() if not trainable("/".join(k))}
         x = normalize(batch[input_key])
 
-        def loss_fn(tp):
+        def objective(tp):
             params = traverse_util.unflatten_dict({**tp, **fixed})
             with frozen_batch_norm(bn_trainable):
                 logits, new = model.apply(
                     {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                     mutable=["batch_stats"],
                     rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
+            if loss_fn is not None:
+                loss, extra = loss_fn(logits, batch)
+                return loss, (extra, new.get("batch_stats", {}))
             loss = cross_entropy(logits, batch["label"], batch["mask"], label_smoothing)
-            return loss, (logits, new.get("batch_stats", {}))
+            correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * batch["mask"])
+            return loss, ({"correct": correct}, new.get("batch_stats", {}))
 
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, batch_stats)), g = grad_fn({k: flat[k] for k in train_keys})
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (loss, (extra, batch_stats)), g = grad_fn({k: flat[k] for k in train_keys})
         # Frozen leaves get zeros that set_to_zero never reads (XLA drops them).
         grads = traverse_util.unflatten_dict({**g, **jax.tree.map(jnp.zeros_like, fixed)})
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -84,8 +91,8 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable
         new_flat = {k: flat[k] + flat_up[k] if k in g else flat[k] for k in flat}
         state = state.replace(step=state.step + 1, opt_state=opt_state, batch_stats=batch_stats,
                               params=traverse_util.unflatten_dict(new_flat))
-        correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * batch["mask"])
-        return state, {"loss": loss, "correct": correct, "count": jnp.sum(batch["mask"]),
+        return state, {"loss": loss, "correct": jnp.zeros(()), **extra,
+                       "count": jnp.sum(batch["mask"]),
                        "grad_norm": optax.global_norm(g),
                        "param_norm": optax.global_norm({k: new_flat[k] for k in g})}
 

@@ -1,8 +1,10 @@
 """The transfer zoo's models: ``zoo.create(name)``, ``zoo.list_models()``, ``zoo.spec(name)``."""
 
-# Importing the family modules registers their models.
+# Importing the family modules registers their models; yolo comes last (alphabetically
+# too): it adds yolo_<backbone> for the backbones registered before it.
 from zoo import (  # noqa: F401
     alexnet,
+    darknet,
     densenet,
     googlenet,
     inception,
@@ -11,6 +13,7 @@ from zoo import (  # noqa: F401
     squeezenet,
     vgg,
     xception,
+    yolo,
 )
 from zoo.registry import ModelSpec, create, list_models, register, spec
 

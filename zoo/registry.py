@@ -12,13 +12,15 @@ import dataclasses
 import difflib
 import re
 from collections.abc import Callable
+from types import EllipsisType
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-REFERENCES = ("keras", "torchvision", "paper")
+REFERENCES = ("keras", "torchvision", "paper", "darknet")
+TASKS = ("classification", "detection")
 
 # Normalisations used by the reference weights, in 0-255 pixel units, RGB input.
 CAFFE = dict(mean=(123.68, 116.779, 103.939), std=(1.0, 1.0, 1.0), channel_order="BGR")
@@ -38,11 +40,13 @@ class ModelSpec:
       name: registry name (lowercase, Keras/torchvision-like).
       builder: the module class (or a partial of it) that ``create`` calls.
       family: the ``zoo`` file that defines it (``resnet``, ``vgg``, ...).
-      reference: ``keras`` (keras.applications), ``torchvision`` or ``paper``.
+      reference: ``keras`` (keras.applications), ``torchvision``, ``paper`` or
+        ``darknet`` (a Darknet ``.cfg``).
       reference_name: the reference's own name, e.g. ``keras.applications.ResNet50``.
-      reference_params: the reference's parameter count for 1000 classes with top:
-        Keras ``count_params()`` (= our params + batch_stats) or torchvision's figure
-        (= our params).
+      reference_params: the reference's parameter count for ``num_classes`` classes
+        with top: Keras ``count_params()`` and Darknet (the floats of a ``.weights``
+        file) count BN statistics (= our params + batch_stats); torchvision's figure
+        and a paper's count parameters only (= our params).
       input_size: default (and pretrained) input resolution.
       min_size: the smallest input side the model accepts.
       mean, std: per-channel normalisation of the reference weights in 0-255 pixel
@@ -68,14 +72,23 @@ class ModelSpec:
     head: str = "head"
     groups: tuple[tuple[str, str], ...] = ()
     description: str = ""
+    task: str = "classification"
+    num_classes: int = 1000
 
     def __post_init__(self):
         if self.reference not in REFERENCES:
             raise ValueError(f"{self.name}: reference must be one of {REFERENCES}")
+        if self.task not in TASKS:
+            raise ValueError(f"{self.name}: task must be one of {TASKS}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"{self.name}: channel_order must be RGB or BGR")
         if not self.groups or self.groups[-1][0] != "head":
             raise ValueError(f"{self.name}: groups must end with the 'head' group")
+
+    @property
+    def counts_batch_stats(self) -> bool:
+        """Whether ``reference_params`` counts BN statistics (Keras, Darknet) or not."""
+        return self.reference in ("keras", "darknet")
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -138,7 +151,7 @@ def spec(name: str) -> ModelSpec:
 def create(
     name: str,
     *,
-    num_classes: int | None = 1000,
+    num_classes: int | None | EllipsisType = ...,
     include_top: bool = True,
     pooling: str | None = None,
     dtype: Any = jnp.float32,
@@ -150,10 +163,14 @@ def create(
     classifier block and returns the last feature map, globally pooled when
     ``pooling`` is ``'avg'`` or ``'max'``. ``num_classes=None`` keeps the top but not
     its final classifier: the model returns the features the head would see (timm's
-    ``num_classes=0``). ``dtype`` is the compute dtype; parameters stay float32.
+    ``num_classes=0``). By default ``num_classes`` is the reference's own
+    (``spec(name).num_classes``: 1000 for ImageNet classifiers, 80 for COCO detectors).
+    ``dtype`` is the compute dtype; parameters stay float32.
     ``overrides`` set other fields of the family's module (e.g. ``in_channels=1``).
     """
     s = spec(name)
+    if num_classes is ...:
+        num_classes = s.num_classes
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     if num_classes is not None and (

@@ -21,7 +21,7 @@ class Counts:
     def reference_total(self) -> int:
         """Our figure in the reference's own convention (Keras counts BN statistics)."""
         s = spec(self.name)
-        return self.params + self.batch_stats if s.reference == "keras" else self.params
+        return self.params + self.batch_stats if s.counts_batch_stats else self.params
 
 
 def count(name: str, **create_kwargs) -> Counts:

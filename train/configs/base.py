@@ -82,6 +82,37 @@ def get_config() -> ml_collections.ConfigDict:
         }
     )
 
+    # Detectors (zoo spec task 'detection': yolov3, yolov3_tiny, yolo_<backbone>, yolov1)
+    # train through train/detection/loop.py with these keys; data.source is then
+    # voc:<folder> | tfds:<name> (e.g. tfds:voc/2007) | shapes.
+    c.detection = ml_collections.ConfigDict(
+        {
+            "classes": (),  # class names in label order; () = every name in the data, sorted
+            "train_split": "train",  # the source's own splits (VOC ImageSets/Main/<split>.txt)
+            "val_split": "val",
+            "test_split": "",  # '' = the final evaluation uses val_split
+            "image_height": 0,  # network input; 0 = data.image_size (multiples of 32)
+            "image_width": 0,
+            "max_boxes": 100,  # ground truth per image, padded (more are cut, with a warning)
+            "anchors": (),  # per scale, coarsest first: ((w, h), ...) in input pixels
+            "auto_anchors": True,  # anchors=(): k-means on the training boxes (else the model's)
+            "box_loss": "mse",  # mse | giou | ciou
+            "ignore_threshold": 0.5,
+            "match_threshold": 0.0,  # > 0: also every anchor with a wh-IoU above it
+            "box_weight": 1.0,
+            "obj_weight": 1.0,
+            "noobj_weight": 1.0,
+            "cls_weight": 1.0,
+            "scale": 0.0,  # augmentation: zoom in [1 - scale, 1 + scale]
+            "aspect": 0.0,  # aspect-ratio jitter factor
+            "translate": False,  # random placement of the (zoomed) image
+            "score_threshold": 0.01,  # evaluation NMS
+            "iou_threshold": 0.45,
+            "max_detections": 100,
+            "eval_every": 1,  # validation mAP every N epochs (and after the last)
+        }
+    )
+
     c.positive_class = ""  # sensitivity/specificity/ROC for this class ('' = class 0)
     c.best_metric = "accuracy"  # validation metric that picks the best checkpoint
     c.checkpoint_every_steps = 200

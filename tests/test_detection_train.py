@@ -1,0 +1,156 @@
+"""Detection through the trainer: scripts.train with a detection recipe, evaluate, detect.
+
+The end-to-end tests share one 4-step training run (about a minute of CPU): slow suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from train.configs import shapes_yolo
+from train.detection import build as B
+from train.detection import evaluate as DE
+from train.detection import loop
+from train.detection.data import shapes_example
+
+
+def tiny_config(**over):
+    c = shapes_yolo.get_config()
+    c.unlock()
+    c.data.image_size = 64
+    c.data.synthetic_size = 16
+    c.batch_size = 8
+    c.epochs = 2
+    c.progress = False
+    c.checkpoint_every_steps = 1
+    c.log_every_steps = 1
+    c.detection.max_boxes = 4
+    c.dtype = "float32"
+    for k, v in over.items():
+        target, key = c, k.split(".")
+        for part in key[:-1]:
+            target = target[part]
+        target[key[-1]] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("shapes_yolo"))
+    report = loop.train_and_evaluate(tiny_config(), workdir)
+    return workdir, report
+
+
+@pytest.mark.slow
+def test_train_writes_a_detection_report(trained):
+    workdir, report = trained
+    assert report["data"] == "shapes (val split)" and report["num_images"] == 64
+    assert set(report["per_class"]) == {"circle", "square", "triangle"}
+    assert 0.0 <= report["voc_map50"] <= 1.0
+    saved = json.load(open(os.path.join(workdir, "eval_val.json")))
+    assert saved["voc_map50"] == pytest.approx(report["voc_map50"])
+    anchors = json.load(open(os.path.join(workdir, "anchors.json")))
+    assert [len(a) for a in anchors] == [3, 3]  # yolov3_tiny: 2 scales x 3, by k-means
+    assert json.load(open(os.path.join(workdir, "classes.json"))) == ["circle", "square",
+                                                                      "triangle"]
+    rows = [json.loads(r) for r in open(os.path.join(workdir, "history.jsonl"))]
+    assert {r["split"] for r in rows} >= {"train_step", "train", "validation"}
+    val = [r for r in rows if r["split"] == "validation"]
+    assert len(val) == 2 and "ap50_circle" in val[0]
+
+
+@pytest.mark.slow
+def test_resume_is_a_no_op_and_evaluate_matches(trained):
+    workdir, report = trained
+    again = loop.train_and_evaluate(tiny_config(), workdir)  # finished: no more steps
+    assert again["checkpoint"] == report["checkpoint"]
+    assert again["voc_map50"] == pytest.approx(report["voc_map50"])
+    ev = DE.evaluate(workdir)
+    assert ev["voc_map50"] == pytest.approx(report["voc_map50"])
+    assert DE.is_detection_run(workdir)
+
+
+@pytest.mark.slow
+def test_detect_draws_pngs_in_original_coordinates(trained, tmp_path):
+    workdir, _ = trained
+    path = tmp_path / "img.png"
+    Image.fromarray(shapes_example(5, 0, 96)["image"][:, :80]).save(path)  # 96x80, not square
+    out = DE.detect_files(workdir, [str(path)], str(tmp_path / "png"), score_threshold=0.0)
+    assert len(out) == 1 and os.path.exists(out[0]["png"])
+    assert Image.open(out[0]["png"]).size == (80, 96)
+    for d in out[0]["detections"]:
+        x0, y0, x1, y1 = d["box"]
+        assert 0 <= x0 <= x1 <= 80 and 0 <= y0 <= y1 <= 96 and d["class"] in ("circle",
+                                                                                "square",
+                                                                                "triangle")
+
+
+@pytest.mark.slow
+def test_scripts_dispatch_detection(trained, tmp_path, capsys):
+    from absl import flags
+
+    from scripts import detect, evaluate
+
+    workdir, report = trained
+    path = tmp_path / "a.png"
+    Image.fromarray(shapes_example(6, 0, 64)["image"]).save(path)
+    flags.FLAGS(["evaluate", f"--workdir={workdir}", "--data=shapes", "--split=test"])
+    evaluate.main(["evaluate"])
+    assert "VOC mAP@0.5" in capsys.readouterr().out
+    assert os.path.exists(os.path.join(workdir, "eval_test.json"))
+    flags.FLAGS.unparse_flags()
+    detect.main(["--workdir", workdir, str(path), "--out", str(tmp_path / "png"), "--score", "0"])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["path"] == str(path)
+    assert (tmp_path / "png" / "a.png").exists()
+
+
+def test_anchors_and_models_from_config(tmp_path):
+    c = tiny_config()
+    src = B.open_split(c, "train")
+    assert src.class_names == ("circle", "square", "triangle")
+    c.detection.anchors = (((30, 30), (40, 40), (50, 50)), ((10, 10), (15, 15), (20, 20)))
+    assert B.resolve_anchors(c, src, str(tmp_path))[1][0] == (10.0, 10.0)
+    c.detection.anchors = ()
+    c.detection.auto_anchors = False
+    assert B.resolve_anchors(c, src, None)[0][0] == (81.0, 82.0)  # the model's (Darknet's)
+    import ml_collections
+
+    c.model = ml_collections.ConfigDict({"name": "yolov1"})
+    assert B.resolve_anchors(c, src, None) is None
+    c.model = ml_collections.ConfigDict({"name": "yolo_resnet18", "widths": (32, 16)})
+    c.detection.auto_anchors = True
+    anchors = B.resolve_anchors(c, src, None)
+    model = B.build_detector(c, 3, anchors)
+    assert [len(a) for a in anchors] == [3, 3] and model.widths == (32, 16)
+    v = B.init_variables(model, (64, 64), 0)
+    assert "backbone" in v["params"] and "neck" in v["params"]
+    with pytest.raises(ValueError, match="no zoo backbone"):
+        c.init = "imagenet"
+        B.load_init(c, B.build_detector(tiny_config(), 3, None), {})
+
+
+@pytest.mark.parametrize("recipe", ["shapes_yolo", "bccd_yolo"])
+def test_detection_recipes_build(recipe):
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+
+    import zoo
+
+    c = importlib.import_module(f"train.configs.{recipe}").get_config()
+    if c.model.name not in zoo.list_models():
+        pytest.skip(f"{c.model.name} is not registered in this checkout")
+    assert zoo.spec(c.model.name).task == "detection" and c.best_metric == "voc_map50"
+    hw = B.image_hw(c)
+    assert hw[0] % 32 == 0 and hw[1] % 32 == 0
+    n = len(B.model_kwargs(c).get("widths", (0, 0, 0) if "tiny" not in c.model.name else (0, 0)))
+    anchors = tuple(((10.0 * (i + 1), 10.0 * (i + 1)),) * 3 for i in range(n))
+    model = B.build_detector(c, 3, anchors)
+    x = jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)
+    out = jax.eval_shape(lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x), x)
+    assert [o.shape[1:3] for o in out] == [(hw[0] // s, hw[1] // s) for s in (32, 16, 8)[:n]]
