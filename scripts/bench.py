@@ -258,6 +258,8 @@ def find_tf_python(explicit: str | None) -> str | None:
 def run_worker(framework: str, python: str, args, models: list[str]) -> dict:
     env = dict(os.environ, KERAS_BACKEND="tensorflow" if framework == "keras-tf" else "jax",
                TF_CPP_MIN_LOG_LEVEL="2")
+    if args.hugepages:  # glibc madvises huge pages for large allocations (BENCHMARKS.md)
+        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                       env.get("PYTHONPATH")]))
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -307,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--modes", default="infer,train", help="infer, train or both")
+    parser.add_argument("--hugepages", action="store_true",
+                        help="run every framework with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
     parser.add_argument("--tf-python", default=None,
                         help="an interpreter with tensorflow and keras for the keras-tf column")
     parser.add_argument("--json", default=None, help="write all results here")
@@ -344,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in results[fw]:
             notes.append(f"{fw}: {results[fw]['error']}")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    meta = dict(batch=args.batch, repeats=args.repeats, cpus=os.cpu_count(),
+    meta = dict(batch=args.batch, repeats=args.repeats, hugepages=args.hugepages,
+                cpus=os.cpu_count(),
                 machine=platform.processor() or platform.machine(),
                 load_after=[round(x, 2) for x in load] if load else None,
                 versions={f: r.get("version") for f, r in results.items()}, notes=notes)
