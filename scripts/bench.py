@@ -58,7 +58,7 @@ def _time(fn, warmup: int, repeats: int) -> float:
 # ------------------------------------------------------------------ workers
 
 
-def bench_ours(name: str, batch: int, warmup: int, repeats: int) -> dict:
+def bench_ours(name: str, batch: int, warmup: int, repeats: int, modes=("infer", "train")):
     """The zoo model under jax.jit: inference and one SGD step."""
     import jax
     import jax.numpy as jnp
@@ -93,11 +93,12 @@ def bench_ours(name: str, batch: int, warmup: int, repeats: int) -> dict:
         state[0], state[1], value = step(state[0], state[1], x, y)
         value.block_until_ready()
 
-    return dict(infer=_time(lambda: infer(params, stats, x).block_until_ready(), warmup, repeats),
-                train=_time(train, warmup, repeats))
+    run = dict(infer=lambda: infer(params, stats, x).block_until_ready(), train=train)
+    for mode in modes:
+        yield mode, _time(run[mode], warmup, repeats)
 
 
-def bench_keras(name: str, batch: int, warmup: int, repeats: int) -> dict:
+def bench_keras(name: str, batch: int, warmup: int, repeats: int, modes=("infer", "train")):
     """The keras.applications model: ``predict_on_batch`` and ``train_on_batch`` (SGD)."""
     import keras
     import numpy as np
@@ -110,12 +111,13 @@ def bench_keras(name: str, batch: int, warmup: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, size, size, 3)).astype("float32")
     y = rng.integers(0, 1000, batch)
-    return dict(infer=_time(lambda: model.predict_on_batch(x), warmup, repeats),
-                train=_time(lambda: model.train_on_batch(x, y), warmup, repeats))
+    run = dict(infer=lambda: model.predict_on_batch(x), train=lambda: model.train_on_batch(x, y))
+    for mode in modes:
+        yield mode, _time(run[mode], warmup, repeats)
 
 
 def worker(framework: str, models: list[str], batch: int, warmup: int, repeats: int,
-           out: str) -> None:
+           out: str, modes: tuple[str, ...] = ("infer", "train")) -> None:
     """Run one framework's timings in this process and write them to ``out`` as JSON."""
     if framework == "ours":
         import zoo
@@ -131,8 +133,10 @@ def worker(framework: str, models: list[str], batch: int, warmup: int, repeats: 
             results["models"][name] = {"skipped": f"{name} is not available in {framework}"}
             continue
         print(f"  {framework:9s} {name} ...", file=sys.stderr, flush=True)
-        results["models"][name] = bench(name, batch, warmup, repeats)
-        Path(out).write_text(json.dumps(results))
+        results["models"][name] = {}
+        for mode, seconds in bench(name, batch, warmup, repeats, modes):
+            results["models"][name][mode] = seconds  # saved at once: a later OOM loses less
+            Path(out).write_text(json.dumps(results))
     Path(out).write_text(json.dumps(results))
 
 
@@ -254,12 +258,15 @@ def find_tf_python(explicit: str | None) -> str | None:
 def run_worker(framework: str, python: str, args, models: list[str]) -> dict:
     env = dict(os.environ, KERAS_BACKEND="tensorflow" if framework == "keras-tf" else "jax",
                TF_CPP_MIN_LOG_LEVEL="2")
+    if args.hugepages:  # glibc madvises huge pages for large allocations (BENCHMARKS.md)
+        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                       env.get("PYTHONPATH")]))
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [python, str(Path(__file__).resolve()), "--worker", framework,
                "--models", ",".join(models), "--batch", str(args.batch),
-               "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--out", out.name]
+               "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+               "--modes", args.modes, "--out", out.name]
         proc = subprocess.run(cmd, env=env)
         text = Path(out.name).read_text()
     if not text:
@@ -301,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--modes", default="infer,train", help="infer, train or both")
+    parser.add_argument("--hugepages", action="store_true",
+                        help="run every framework with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
     parser.add_argument("--tf-python", default=None,
                         help="an interpreter with tensorflow and keras for the keras-tf column")
     parser.add_argument("--json", default=None, help="write all results here")
@@ -312,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     if args.worker:
-        return worker(args.worker, models, args.batch, args.warmup, args.repeats, args.out)
+        return worker(args.worker, models, args.batch, args.warmup, args.repeats, args.out,
+                      tuple(args.modes.split(",")))
     if args.convs:
         text = bench_convs(args.warmup, args.repeats)
         if args.markdown:
@@ -337,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in results[fw]:
             notes.append(f"{fw}: {results[fw]['error']}")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    meta = dict(batch=args.batch, repeats=args.repeats, cpus=os.cpu_count(),
+    meta = dict(batch=args.batch, repeats=args.repeats, hugepages=args.hugepages,
+                cpus=os.cpu_count(),
                 machine=platform.processor() or platform.machine(),
                 load_after=[round(x, 2) for x in load] if load else None,
                 versions={f: r.get("version") for f, r in results.items()}, notes=notes)
