@@ -102,7 +102,9 @@ def keras_tensors(
     layers: Mapping[str, Mapping[str, Any]], name_map: Mapping[str, str]
 ) -> tuple[Flat, list[str]]:
     """Keras ``{layer: {weight: array}}`` -> ``({(collection, *path, var): array}, unexpected)``."""
-    layers = renumber_keras_auto_names(layers)
+    auto = [n for n in layers if _AUTO.match(n)]
+    if not all(n in name_map for n in auto):  # a map that names them as they are wins
+        layers = renumber_keras_auto_names(layers)
     name_map = resolve_auto_names([n for n, w in layers.items() if w], name_map)
     tensors: Flat = {}
     unexpected: list[str] = []
