@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PYTEST_ARGS ?=
+# tests run on every core (pytest-xdist); PYTEST_ARGS="-n 0" runs them in one process
+PYTEST_ARGS ?= -n auto
 
 .PHONY: demo test quick lint clean
 

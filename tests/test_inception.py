@@ -192,8 +192,8 @@ def test_inception_v3_name_map_counts_keras_layers():
 
 
 @pytest.mark.parametrize("name, pooling", [
-    ("densenet121", None),
-    ("inception_v3", "max"),
+    pytest.param("densenet121", None, marks=pytest.mark.slow),
+    pytest.param("inception_v3", "max", marks=pytest.mark.slow),
     pytest.param("inception_resnet_v2", "avg", marks=pytest.mark.slow),
 ])
 def test_keras_parity_without_top(name, pooling):

@@ -24,6 +24,9 @@ from zoo.weights import convert
 V1_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 ALPHAS = [("mobilenet", a) for a in V1_ALPHAS] + [("mobilenetv2", a) for a in V2_ALPHAS]
+# every alpha is in the slow suite; the quick loop checks one (each Keras build compiles its
+# initialisers: seconds per model)
+QUICK_ALPHAS = {("mobilenetv2", 0.35)}
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "weights"
 MOBILENETV2_035 = SHARED / "keras_mobilenet_v2_0.35_224_imagenet_backbone_in_model.h5"
 
@@ -31,9 +34,25 @@ PADDINGS = ["SAME", "VALID", ((1, 0), (0, 2))]
 
 
 def loss_and_grads(f, w, x):
-    """f(w, x), and the gradients of a non-linear scalar of it wrt w and x."""
-    g = jax.grad(lambda w, x: jnp.sum(jnp.sin(f(w, x))), (0, 1))(w, x)
-    return f(w, x), g
+    """f(w, x), and the gradients of a non-linear scalar of it wrt w and x (jitted)."""
+    g = jax.jit(jax.grad(lambda w, x: jnp.sum(jnp.sin(f(w, x))), (0, 1)))(w, x)
+    return jax.jit(f)(w, x), g
+
+
+def latin(strides_dilations, paddings, shapes):
+    """The full grid of conv cases, every case not on a Latin-square cover marked slow: the
+    quick loop still sees every stride/dilation, every padding and every shape."""
+    cases = []
+    for k, shape in enumerate(shapes):
+        for i, sd in enumerate(strides_dilations):
+            for j, padding in enumerate(paddings):
+                quick = (i + k) % len(paddings) == j
+                marks = () if quick else (pytest.mark.slow,)
+                cases.append(pytest.param(*sd, padding, *shape, marks=marks))
+    return cases
+
+
+STRIDES_DILATIONS = [(1, 1), (2, 1), (1, 2)]
 
 
 def assert_same_function(f, ref, w, x, tol=1e-4):
@@ -47,9 +66,8 @@ def assert_same_function(f, ref, w, x, tol=1e-4):
 # ------------------------------------------------------------ formulations
 
 
-@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
-@pytest.mark.parametrize("padding", PADDINGS)
-@pytest.mark.parametrize("size, multiplier", [(7, 1), (8, 1), (9, 2)])
+@pytest.mark.parametrize("stride, dilation, padding, size, multiplier",
+                         latin(STRIDES_DILATIONS, PADDINGS, [(7, 1), (8, 1), (9, 2)]))
 def test_depthwise_shift_equals_xla(stride, dilation, padding, size, multiplier):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 5))
     w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, multiplier))
@@ -62,9 +80,8 @@ def test_depthwise_shift_equals_xla(stride, dilation, padding, size, multiplier)
     assert_same_function(lambda w, x: conv.shift_depthwise(x, w, s, pads, d), ref, w, x)
 
 
-@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
-@pytest.mark.parametrize("padding", PADDINGS)
-@pytest.mark.parametrize("size, kernel", [(7, 3), (8, 3), (9, 5), (8, 1)])
+@pytest.mark.parametrize("stride, dilation, padding, size, kernel",
+                         latin(STRIDES_DILATIONS, PADDINGS, [(7, 3), (8, 3), (9, 5), (8, 1)]))
 def test_conv_matmul_equals_xla(stride, dilation, padding, size, kernel):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 4))
     w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 4, 6))
@@ -125,10 +142,12 @@ def test_formulation_choice_and_overrides(monkeypatch):
         layers.DepthwiseConv(3).init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))
 
 
-def test_whole_model_is_the_same_function_under_every_formulation(monkeypatch):
-    model = zoo.create("mobilenetv2", alpha=0.35, num_classes=5)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 40, 40, 3))
-    v = model.init(jax.random.PRNGKey(1), x)
+@pytest.mark.parametrize("name, alpha", [
+    ("mobilenet", 0.25), pytest.param("mobilenetv2", 0.35, marks=pytest.mark.slow)])
+def test_whole_model_is_the_same_function_under_every_formulation(monkeypatch, name, alpha):
+    model = zoo.create(name, alpha=alpha, num_classes=5)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    v = jax.jit(model.init)(jax.random.PRNGKey(1), x)
 
     def run():
         def loss(p):
@@ -171,7 +190,9 @@ def keras_mobilenet(name, alpha, size, **kwargs):
     return ctor(input_shape=(size, size, 3), alpha=alpha, weights=None, **kwargs)
 
 
-@pytest.mark.parametrize("name, alpha", ALPHAS)
+@pytest.mark.parametrize("name, alpha", [
+    p if p == ("mobilenetv2", 1.4) else pytest.param(*p, marks=pytest.mark.slow)
+    for p in ALPHAS])
 def test_parameter_parity_every_alpha(name, alpha):
     for kwargs in (dict(classes=1000), dict(include_top=False)):
         kmodel = keras_mobilenet(name, alpha, 224, **kwargs)
@@ -191,23 +212,27 @@ def mobilenet_parity(name, alpha, size=40, include_top=True, pooling=None, **opt
     assert_logits_match(jax.jit(model.apply)(variables, x), kmodel(x), softmax=include_top)
 
 
-@pytest.mark.parametrize("name, alpha", ALPHAS)
+@pytest.mark.parametrize("name, alpha", [
+    p if p in QUICK_ALPHAS else pytest.param(*p, marks=pytest.mark.slow) for p in ALPHAS])
 def test_output_parity_every_alpha(name, alpha):
     # 40 px puts odd sizes (5, 3) in front of stride-2 convs: v1 pads them differently
     mobilenet_parity(name, alpha)
     mobilenet_parity(name, alpha, include_top=False, pooling="avg" if alpha < 1 else None)
 
 
+@pytest.mark.slow
 def test_mobilenet_depth_multiplier_and_dropout():
     mobilenet_parity("mobilenet", 0.25, depth_multiplier=2, dropout=0.5)
     model = zoo.create("mobilenet", alpha=0.25, dropout=0.5, num_classes=3)
     x = jax.random.normal(jax.random.PRNGKey(3), (2, 32, 32, 3))
-    v = model.init(jax.random.PRNGKey(0), x)
-    infer = model.apply(v, x)
-    train = [model.apply(v, x, train=True, mutable=["batch_stats"],
-                         rngs={"dropout": jax.random.PRNGKey(k)})[0] for k in (1, 2)]
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+    mutable = ("batch_stats",)
+    infer = apply(v, x)
+    train = [apply(v, x, train=True, mutable=mutable,
+                   rngs={"dropout": jax.random.PRNGKey(k)})[0] for k in (1, 2)]
     assert not np.allclose(train[0], train[1]), "dropout is active in training"
-    np.testing.assert_array_equal(infer, model.apply(v, x))
+    np.testing.assert_array_equal(infer, apply(v, x))
 
 
 @pytest.mark.skipif(not MOBILENETV2_035.exists(), reason=f"{MOBILENETV2_035} not present")

@@ -59,13 +59,15 @@ def keras_parity(name, *, include_top=True, pooling=None, num_classes=10):
     return kmodel, model
 
 
-@pytest.mark.parametrize("name", model_params(KERAS))
+@pytest.mark.parametrize("name", model_params(KERAS, quick={"resnet50", "mobilenetv2"}))
 def test_keras_output_parity(name):
     keras_parity(name)
 
 
-@pytest.mark.parametrize("name, pooling", [("vgg16", "max"), ("resnet50v2", None),
-                                           ("resnet50", "avg")])
+@pytest.mark.parametrize("name, pooling", [
+    pytest.param("vgg16", "max", marks=pytest.mark.slow),
+    pytest.param("resnet50v2", None, marks=pytest.mark.slow),
+    ("resnet50", "avg")])
 def test_keras_output_parity_without_top(name, pooling):
     keras_parity(name, include_top=False, pooling=pooling)
 
@@ -83,7 +85,7 @@ def test_keras_parameter_parity_of_variants(name, top):
 
 
 @needs_torch
-@pytest.mark.parametrize("name", model_params(TORCH))
+@pytest.mark.parametrize("name", model_params(TORCH, quick={"resnet18", "squeezenet1_1"}))
 def test_torch_output_parity(name):
     import torch
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import traced_params
 from flax import linen as nn
 
 import viz
@@ -135,7 +136,7 @@ def test_inception_v3_concatenations():
     assert not g.disconnected()
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name", traced_params())
 def test_every_model_draws(name):
     g = traced(name)
     assert not g.disconnected(), f"{name}: nodes off the input->output path"

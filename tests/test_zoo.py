@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import model_params, small_size
+from conftest import model_params, small_size, traced_params
 from flax import traverse_util
 
 import zoo
@@ -121,7 +121,7 @@ def test_spec_is_consistent(name):
     assert len(spec.mean) == len(spec.std) == 3 and min(spec.std) > 0
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name", traced_params())
 def test_groups_partition_the_parameters(name):
     spec = zoo.spec(name)
     v = abstract_vars(zoo.create(name), small_size(name))
@@ -132,7 +132,7 @@ def test_groups_partition_the_parameters(name):
     assert heads and all(p.startswith("head/") for p in heads)
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name", traced_params())
 def test_top_options_change_only_the_top(name):
     spec = zoo.spec(name)
     full = abstract_vars(zoo.create(name), small_size(name))
@@ -150,7 +150,7 @@ def test_top_options_change_only_the_top(name):
     assert set(paths(notop["params"])) <= set(paths(none["params"]))
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name", traced_params())
 def test_input_validation(name):
     spec = zoo.spec(name)
     model = zoo.create(name)
@@ -173,7 +173,7 @@ def test_input_validation(name):
     abstract_vars(zoo.create(name, include_top=False), s)
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name", traced_params())
 def test_other_channel_counts(name):
     v = abstract_vars(zoo.create(name, in_channels=1), small_size(name), channels=1)
     kernels = [x for x in jax.tree.leaves(v["params"]) if x.ndim == 4]
@@ -194,14 +194,14 @@ def _fns(model):
     return infer, train, stats_after_inference
 
 
-def _setup(name):
+def _setup(name, batch: int = 2):
     size = small_size(name)
     model = zoo.create(name, num_classes=7)
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
+    x = jax.random.normal(jax.random.PRNGKey(1), (batch, size, size, 3))
     return model, x, jax.jit(model.init)(jax.random.PRNGKey(0), x)
 
 
-@pytest.mark.parametrize("name", model_params())
+@pytest.mark.parametrize("name", model_params(quick={"resnet18"}))
 def test_shapes_determinism_and_batchnorm(name):
     """Shapes in both modes, same key -> same variables, BN semantics (jitted)."""
     model, x, v1 = _setup(name)
@@ -230,9 +230,12 @@ def test_shapes_determinism_and_batchnorm(name):
 
 # Eager execution compiles every primitive separately (minutes for a DenseNet on 2 cores):
 # a few cheap models check jit == eager in the quick loop, the others in the slow suite.
-@pytest.mark.parametrize("name", model_params(quick={"resnet18", "squeezenet1_1", "alexnet"}))
+# Batch 8, not 2: train-mode batch norm over the 2 values of a 1x1 map (the last stage at
+# the minimum input size) is ill-conditioned, and float rounding differences between the
+# eager and fused programs grew to O(1) in the logits of deep BN nets at batch 2.
+@pytest.mark.parametrize("name", model_params(quick={"resnet18"}))
 def test_eager_matches_jit(name):
-    model, x, v = _setup(name)
+    model, x, v = _setup(name, batch=8)
     infer, train, _ = _fns(model)
     chex.assert_trees_all_close(infer(v, x), jax.jit(infer)(v, x), rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(train(v, x), jax.jit(train)(v, x), rtol=1e-4, atol=1e-5)
@@ -241,9 +244,9 @@ def test_eager_matches_jit(name):
 def test_bfloat16_compute_keeps_float32_parameters():
     model = zoo.create("resnet18", num_classes=3, dtype=jnp.bfloat16)
     x = jnp.ones((1, 32, 32, 3))
-    v = model.init(jax.random.PRNGKey(0), x)
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
-    assert model.apply(v, x).dtype == jnp.bfloat16
+    assert jax.jit(model.apply)(v, x).dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("pooling, shape", [(None, (1, 2, 2, 512)), ("avg", (1, 512)),

@@ -41,7 +41,8 @@ def batch_norm(*, epsilon: float, momentum: float, dtype: Any, name: str, scale:
     Flax/Keras momentum ``1 - m``.
     """
     return nn.BatchNorm(
-        epsilon=epsilon, momentum=momentum, dtype=dtype, use_scale=scale, name=name
+        epsilon=epsilon, momentum=momentum, dtype=dtype, use_scale=scale, name=name,
+        use_fast_variance=False,
     )
 
 
