@@ -12,14 +12,13 @@ SLOW_MODELS = frozenset({"resnet101", "resnet152", "resnet101v2", "resnet152v2",
                          "darknet53", "yolov1", "yolov3", "yolo_resnet18", "yolo_resnet50"})
 
 
-def model_params(names=None):
-    """pytest.param per registered model, the big ones marked slow."""
+def model_params(names=None, *, quick=None):
+    """pytest.param per registered model, the big ones (or all but ``quick``) marked slow."""
     import pytest
 
-    return [
-        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
-        for n in (names if names is not None else zoo.list_models())
-    ]
+    names = names if names is not None else zoo.list_models()
+    slow = SLOW_MODELS if quick is None else set(names) - set(quick)
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
 def small_size(name: str) -> int:

@@ -24,7 +24,8 @@ def run_steps(config, n=3):
     spec = zoo.spec(config.model.name)
     mesh = T.make_mesh(1)
     train_fn, _ = T.jit_steps(T.make_train_step(b["model"], b["tx"], b["trainable"],
-                                                spec.normalize),
+                                                spec.normalize,
+                                                freeze_bn_stats=config.freeze_bn_stats),
                               T.make_eval_step(b["model"], spec.normalize), mesh)
     state = T.replicate(T.create_state(b["variables"], b["tx"], 0), mesh)
     start = jax.tree.map(np.array, state)
@@ -116,3 +117,12 @@ def test_policy_errors_name_the_problem(tiny):
         F.trainable_fn(spec, "finetune", 7)
     with pytest.raises(ValueError, match="scratch"):
         loop.build(tiny_config(policy="scratch", init="/somewhere"), 2, 1)
+
+
+def test_freeze_bn_stats_keeps_statistics_while_scale_and_bias_train(tiny):
+    config = tiny_config(policy="full", freeze_bn_stats=True, learning_rate=0.05)
+    _, _, start, end = run_steps(config, n=2)
+    s0, s1 = F.flat_paths(start.batch_stats), F.flat_paths(end.batch_stats)
+    assert s0 and all(np.array_equal(s0[p], s1[p]) for p in s0)
+    p0, p1 = F.flat_paths(start.params), F.flat_paths(end.params)
+    assert not np.array_equal(p0["stage1/bn/scale"], p1["stage1/bn/scale"])

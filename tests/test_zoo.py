@@ -180,16 +180,7 @@ def test_other_channel_counts(name):
     assert sum(k.shape[2] == 1 for k in kernels) >= 1, "the first conv takes one channel"
 
 
-@pytest.mark.parametrize("name", model_params())
-def test_shapes_determinism_and_batchnorm(name):
-    """Shapes in both modes, jit == eager, same key -> same variables, BN semantics."""
-    size = small_size(name)
-    model = zoo.create(name, num_classes=7)
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
-    key = jax.random.PRNGKey(0)
-    v1, v2 = model.init(key, x), model.init(key, x)
-    jax.tree.map(np.testing.assert_array_equal, v1, v2)
-
+def _fns(model):
     def infer(v, x):
         return model.apply(v, x, train=False)
 
@@ -197,14 +188,32 @@ def test_shapes_determinism_and_batchnorm(name):
         return model.apply(v, x, train=True, mutable=["batch_stats"],
                            rngs={"dropout": jax.random.PRNGKey(2)})
 
-    eager = infer(v1, x)
-    jitted = jax.jit(infer)(v1, x)
-    assert_outputs(eager, name, 2, 7)
-    chex.assert_type(jax.tree.leaves(eager), jnp.float32)
-    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_equal(jax.jit(infer)(v1, x), jitted)
+    def stats_after_inference(v, x):
+        return model.apply(v, x, train=False, mutable=["batch_stats"])[1]["batch_stats"]
 
-    logits, updates = jax.jit(train)(v1, x)
+    return infer, train, stats_after_inference
+
+
+def _setup(name):
+    size = small_size(name)
+    model = zoo.create(name, num_classes=7)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
+    return model, x, jax.jit(model.init)(jax.random.PRNGKey(0), x)
+
+
+@pytest.mark.parametrize("name", model_params())
+def test_shapes_determinism_and_batchnorm(name):
+    """Shapes in both modes, same key -> same variables, BN semantics (jitted)."""
+    model, x, v1 = _setup(name)
+    infer, train, stats_after_inference = (jax.jit(f) for f in _fns(model))
+    jax.tree.map(np.testing.assert_array_equal, v1,
+                 jax.jit(model.init)(jax.random.PRNGKey(0), x))
+    logits = infer(v1, x)
+    assert_outputs(logits, name, 2, 7)
+    chex.assert_type(jax.tree.leaves(logits), jnp.float32)
+    chex.assert_trees_all_equal(infer(v1, x), logits)
+
+    logits, updates = train(v1, x)
     assert_outputs(logits, name, 2, 7)
     chex.assert_tree_all_finite(logits)
     if "batch_stats" in v1:
@@ -213,10 +222,20 @@ def test_shapes_determinism_and_batchnorm(name):
         assert before.keys() == after.keys()
         assert all(not np.array_equal(before[k], after[k]) for k in before), \
             "train=True moves every BN statistic"
-        _, same = model.apply(v1, x, train=False, mutable=["batch_stats"])
-        jax.tree.map(np.testing.assert_array_equal, same["batch_stats"], v1["batch_stats"])
+        jax.tree.map(np.testing.assert_array_equal, stats_after_inference(v1, x),
+                     v1["batch_stats"])
     else:
         assert not updates.get("batch_stats")
+
+
+# Eager execution compiles every primitive separately (minutes for a DenseNet on 2 cores):
+# a few cheap models check jit == eager in the quick loop, the others in the slow suite.
+@pytest.mark.parametrize("name", model_params(quick={"resnet18", "squeezenet1_1", "alexnet"}))
+def test_eager_matches_jit(name):
+    model, x, v = _setup(name)
+    infer, train, _ = _fns(model)
+    chex.assert_trees_all_close(infer(v, x), jax.jit(infer)(v, x), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(train(v, x), jax.jit(train)(v, x), rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_parameters():

@@ -81,17 +81,22 @@ class History:
         self._write_csv()
 
     def _write_csv(self) -> None:
-        fields: list[str] = []
-        for r in self.rows:
-            fields += [k for k in r if k not in fields]
-        with open(self.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(self.rows)
+        write_csv(self.rows, self.csv)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def write_csv(rows: list[dict[str, Any]], path: str) -> None:
+    """History rows as a CSV table (the union of their keys as columns)."""
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def read_history(workdir: str) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ import zoo
 from train import checkpoint as C
 from train import data as D
 from train import evaluate as E
+from train import features as FE
 from train import freeze as F
 from train import logs, plots
 from train import model as M
@@ -129,8 +130,8 @@ class Run:
     mesh: Any
     train_fn: Any
     eval_fn: Any
-    train_loader: Loader
-    val_loader: Loader
+    train_loader: Loader | FE.FeatureLoader
+    val_loader: Loader | FE.FeatureLoader
     ckpt: C.Checkpoints
     history: logs.History
     class_names: tuple[str, ...]
@@ -139,6 +140,10 @@ class Run:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (or resume) in ``workdir``; return the test-split evaluation report."""
+    if config.stages:
+        from train import stages
+
+        return stages.run(config, workdir)
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     logs.setup_logging(workdir)
@@ -150,10 +155,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total = config.epochs * len(train_loader)
     total = min(total, config.max_steps) if config.max_steps else total
     b = build(config, len(source.class_names), total)
+    loaders = {"validation": make_loader(config, source, splits["validation"], train=False)}
+    why_not = FE.unavailable(config, b["variables"]["params"])
+    if why_not is None:
+        log.info("%s", FE.describe(config, sum(len(v) for v in splits.values())))
+        loaders = FE.loaders(config, b["spec"], b["variables"], source, splits, mesh, workdir)
+        train_loader, model, norm, key = loaders["train"], FE.head_model(
+            config, len(source.class_names)), FE.identity, FE.INPUT
+    else:
+        if config.policy == "frozen":
+            log.info("not caching backbone features: %s", why_not)
+        model, norm, key = b["model"], b["spec"].normalize, "image"
     train_fn, eval_fn = T.jit_steps(
-        T.make_train_step(b["model"], b["tx"], b["trainable"], b["spec"].normalize,
-                          config.label_smoothing),
-        T.make_eval_step(b["model"], b["spec"].normalize), mesh)
+        T.make_train_step(model, b["tx"], b["trainable"], norm, config.label_smoothing, key,
+                          config.freeze_bn_stats),
+        T.make_eval_step(model, norm, key), mesh)
     state = T.replicate(T.create_state(b["variables"], b["tx"], config.seed), mesh)
     ckpt = C.Checkpoints(workdir, keep=config.keep_checkpoints)
     meta = {"step": 0, "epoch": 0, "batch": 0, "sums": _zero_sums(), "best": None}
@@ -164,8 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log.info("%d device(s) (%s), %d steps of %d images (%d per epoch, %d epochs)",
              mesh.devices.size, jax.default_backend(), total, config.batch_size,
              len(train_loader), config.epochs)
-    run = Run(config, mesh, train_fn, eval_fn, train_loader,
-              make_loader(config, source, splits["validation"], train=False), ckpt,
+    run = Run(config, mesh, train_fn, eval_fn, train_loader, loaders["validation"], ckpt,
               logs.History(workdir, meta["step"], enabled=jax.process_index() == 0),
               source.class_names, total)
     try:
@@ -179,8 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, _ = ckpt.restore(state, which)
     ckpt.close()
     split = "test" if len(splits["test"]) else "validation"
-    probs, labels = E.predict_loader(eval_fn, state, make_loader(config, source, splits[split],
-                                                                 train=False), mesh)
+    test_loader = loaders.get(split) or make_loader(config, source, splits[split], train=False)
+    probs, labels = E.predict_loader(eval_fn, state, test_loader, mesh)
     report = E.classification(probs, labels, source.class_names, config.positive_class,
                               data=f"{config.data.source} ({split} split)",
                               checkpoint=f"{which} step {int(state.step)}")

@@ -25,8 +25,8 @@ def _pyplot():
         return None
 
 
-def plot_history(rows: list[dict], path: str) -> None:
-    """Loss and accuracy per epoch, train vs validation."""
+def plot_history(rows: list[dict], path: str, boundaries: Sequence[float] = ()) -> None:
+    """Loss and accuracy per epoch, train vs validation; dashed lines at stage ``boundaries``."""
     plt = _pyplot()
     if plt is None or not rows:
         return
@@ -37,6 +37,8 @@ def plot_history(rows: list[dict], path: str) -> None:
                    if r.get("split") == split and key in r and "epoch" in r]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=split)
+        for x in boundaries:
+            ax.axvline(x, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(key)

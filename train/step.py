@@ -51,22 +51,26 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
 
 def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable[[str], bool],
                     normalize: Callable, label_smoothing: float = 0.0,
+                    input_key: str = "image", freeze_bn_stats: bool = False,
                     loss_fn: Callable | None = None) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``; gradients only for trainable leaves.
 
+    The model reads ``batch[input_key]`` (``features`` when the head trains on cached ones).
+    ``freeze_bn_stats`` runs every batch norm on its running statistics (Keras fine-tuning).
     ``loss_fn(outputs, batch) -> (loss, metrics)`` replaces the classification loss (e.g.
     a detector's); its metrics join the step's, and ``correct`` is then 0.
     """
+    bn_trainable = (lambda path: False) if freeze_bn_stats else trainable
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         flat = traverse_util.flatten_dict(state.params)
         train_keys = [k for k in flat if trainable("/".join(k))]
         fixed = {k: v for k, v in flat.items() if not trainable("/".join(k))}
-        x = normalize(batch["image"])
+        x = normalize(batch[input_key])
 
         def objective(tp):
             params = traverse_util.unflatten_dict({**tp, **fixed})
-            with frozen_batch_norm(trainable):
+            with frozen_batch_norm(bn_trainable):
                 logits, new = model.apply(
                     {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                     mutable=["batch_stats"],
@@ -95,12 +99,12 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable
     return train_step
 
 
-def make_eval_step(model, normalize: Callable) -> Callable:
+def make_eval_step(model, normalize: Callable, input_key: str = "image") -> Callable:
     """``eval_step(state, batch) -> probabilities`` in inference mode (float32)."""
 
     def eval_step(state: TrainState, batch: dict) -> jax.Array:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        logits = model.apply(variables, normalize(batch["image"]), train=False)
+        logits = model.apply(variables, normalize(batch[input_key]), train=False)
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
     return eval_step

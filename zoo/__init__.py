@@ -8,9 +8,11 @@ from zoo import (  # noqa: F401
     densenet,
     googlenet,
     inception,
+    mobilenet,
     resnet,
     squeezenet,
     vgg,
+    xception,
     yolo,
 )
 from zoo.registry import ModelSpec, create, list_models, register, spec

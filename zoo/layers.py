@@ -1,10 +1,10 @@
 """Small building blocks shared by two or more model families.
 
-Every convolution in the zoo goes through :class:`Conv`, so the formulation
-(XLA's native convolution, or a matrix product for 1x1 kernels) is chosen in one
-place. The parameter layout never depends on the formulation: ``kernel`` is HWIO
-and ``bias`` is ``(features,)``, exactly as in :class:`flax.linen.Conv`, so a
-checkpoint moves freely between CPU, GPU and TPU.
+Every convolution in the zoo goes through :class:`Conv`, :class:`DepthwiseConv` or
+:class:`SeparableConv` (defined in :mod:`zoo.conv`, re-exported here), so the
+formulation (XLA's native convolution, a matrix product, shifted multiply-adds) is
+chosen in one place, per backend. The parameter layout never depends on the
+formulation, so a checkpoint moves freely between CPU, GPU and TPU.
 
 Batch normalisation is always called with ``use_running_average`` as a *call*
 argument (never a module attribute), so the trainer can run frozen parts in
@@ -13,8 +13,6 @@ inference mode by intercepting the call, without the models knowing about freezi
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -22,115 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-Padding = str | int | Sequence[tuple[int, int]]
-
-# He-normal (fan_out) for convolutions: what torchvision uses for ResNets; it keeps
-# ReLU networks trainable from scratch. Imported weights overwrite it anyway.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-CONV_IMPLS = ("auto", "xla", "matmul")
-
-
-def conv_impl() -> str:
-    """The convolution formulation in force: ``$ZOO_CONV_IMPL`` or ``auto``.
-
-    ``auto`` computes 1x1 convolutions as a matrix product on every backend (XLA:CPU
-    runs ``conv_general_dilated`` 1x1 at a quarter of its matmul speed; on GPU/TPU the
-    two lower to the same kernel) and everything else with XLA's convolution.
-    ``xla`` always uses ``lax.conv_general_dilated`` (useful as a reference in tests).
-    """
-    impl = os.environ.get("ZOO_CONV_IMPL", "auto")
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"ZOO_CONV_IMPL={impl!r} is not one of {CONV_IMPLS}")
-    return impl
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(v)
-    if len(v) != 2:
-        raise ValueError(f"expected an int or a pair, got {v!r}")
-    return v  # type: ignore[return-value]
-
-
-def _padding(padding: Padding) -> str | tuple[tuple[int, int], tuple[int, int]]:
-    """'SAME' / 'VALID' (TF/Keras semantics) or explicit ((top, bottom), (left, right))."""
-    if isinstance(padding, str):
-        p = padding.upper()
-        if p not in ("SAME", "VALID"):
-            raise ValueError(f"padding must be 'SAME', 'VALID', an int or pairs, got {padding!r}")
-        return p
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    pads = tuple(tuple(p) for p in padding)
-    if len(pads) != 2 or any(len(p) != 2 for p in pads):
-        raise ValueError(f"explicit padding is ((top, bottom), (left, right)), got {padding!r}")
-    return pads  # type: ignore[return-value]
-
-
-class Conv(nn.Module):
-    """2-D convolution over NHWC input; parameters laid out as :class:`flax.linen.Conv`.
-
-    ``padding`` is ``'SAME'`` (TensorFlow/Keras semantics: the extra pixel goes at the
-    end at stride 2), ``'VALID'``, an int (symmetric, as in PyTorch) or explicit pairs.
-    ``impl`` overrides :func:`conv_impl` for this layer (``None`` = the global choice).
-    """
-
-    features: int
-    kernel_size: int | Sequence[int]
-    strides: int | Sequence[int] = 1
-    padding: Padding = "SAME"
-    use_bias: bool = True
-    dilation: int | Sequence[int] = 1
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Any = conv_init
-    bias_init: Any = nn.initializers.zeros
-    impl: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = _pair(self.kernel_size)
-        strides = _pair(self.strides)
-        dilation = _pair(self.dilation)
-        padding = _padding(self.padding)
-        kernel = self.param(
-            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
-        )
-        bias = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        impl = self.impl or conv_impl()
-        if impl not in CONV_IMPLS:
-            raise ValueError(f"Conv impl={impl!r} is not one of {CONV_IMPLS}")
-        if impl != "xla" and (kh, kw) == (1, 1):
-            y = _conv1x1(x, kernel[0, 0], strides, padding)
-        else:
-            y = jax.lax.conv_general_dilated(
-                x,
-                kernel,
-                window_strides=strides,
-                padding=padding,
-                rhs_dilation=dilation,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
-        if bias is not None:
-            y = y + bias
-        return y
-
-
-def _conv1x1(x: jax.Array, w: jax.Array, strides, padding) -> jax.Array:
-    """A 1x1 convolution as a strided slice and a matrix product (same result as XLA's)."""
-    if not isinstance(padding, str):
-        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    # For a 1x1 kernel 'SAME' and 'VALID' both give ceil(size / stride) outputs and no pad.
-    if strides != (1, 1):
-        x = x[:, :: strides[0], :: strides[1], :]
-    return jnp.einsum("nhwc,cd->nhwd", x, w)
+from zoo.conv import (  # noqa: F401  (re-exported: every family uses layers.Conv)
+    CONV_IMPLS,
+    Conv,
+    DepthwiseConv,
+    Padding,
+    SeparableConv,
+    _pair,
+    conv_impl,
+    conv_init,
+    formulation,
+)
+from zoo.conv import normalize_padding as _padding
 
 
 def batch_norm(*, epsilon: float, momentum: float, dtype: Any, name: str, scale: bool = True):

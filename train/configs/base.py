@@ -29,6 +29,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.policy = "full"
     c.finetune_groups = 2  # finetune: the top N spec groups below the head train too
     c.backbone_lr_scale = 0.1  # learning-rate factor for trainable non-head parameters
+    # Every batch norm on its running statistics, even where its scale/bias train (the Keras
+    # fine-tuning advice: batch statistics of a small new dataset disturb pretrained ones).
+    c.freeze_bn_stats = False
+    # Policy 'frozen' with augmentation off: compute the backbone's pooled features once per
+    # example and train the head on them (train/features.py); '' dir = <workdir>/features.
+    c.cache_features = True
+    c.features_dir = ""
+    # Several stages in one command, ';'-separated, each 'POLICY key=value ...' over these
+    # keys, e.g. 'frozen epochs=5 augment=off; finetune:4 epochs=3 learning_rate=1e-4'
+    # (train/stages.py); '' = one stage from the keys above.
+    c.stages = ""
 
     c.optimizer = "adamw"  # adamw | adam | sgd (momentum 0.9, nesterov)
     c.learning_rate = 1e-3

@@ -44,6 +44,18 @@ KERAS_WEIGHTS = {
 KERAS1_ALIASES = {"W": "kernel", "b": "bias", "running_mean": "moving_mean",
                   "running_std": "moving_variance"}  # Keras 1 stored the variance there
 
+# A Keras SeparableConv2D layer (it has a "pointwise_kernel") maps onto a module with
+# children "depthwise" and "pointwise" (zoo.layers.SeparableConv); the bias is pointwise.
+KERAS_SEPARABLE_WEIGHTS = {
+    "depthwise_kernel": ("params", "depthwise/kernel"),
+    "pointwise_kernel": ("params", "pointwise/kernel"),
+    "bias": ("params", "pointwise/bias"),
+}
+
+# A name map may address an auto-named layer as "conv2d#k": the k-th such layer of the
+# file in creation order (see resolve_auto_names).
+AUTO_NAME = re.compile(r"^(?P<base>[a-z][a-z0-9_]*?)(?:_(?P<n>\d+))?$")
+
 # torch state-dict suffixes that carry no model state of ours.
 TORCH_IGNORED = ("num_batches_tracked",)
 
@@ -90,10 +102,15 @@ def keras_tensors(
     layers: Mapping[str, Mapping[str, Any]], name_map: Mapping[str, str]
 ) -> tuple[Flat, list[str]]:
     """Keras ``{layer: {weight: array}}`` -> ``({(collection, *path, var): array}, unexpected)``."""
-    layers = renumber_keras_auto_names(layers)
+    auto = [n for n in layers if _AUTO.match(n)]
+    if not all(n in name_map for n in auto):  # a map that names them as they are wins
+        layers = renumber_keras_auto_names(layers)
+    name_map = resolve_auto_names([n for n, w in layers.items() if w], name_map)
     tensors: Flat = {}
     unexpected: list[str] = []
     for layer, weights in layers.items():
+        shorts = {keras_weight_name(w, layer) for w in weights}
+        table = KERAS_SEPARABLE_WEIGHTS if "pointwise_kernel" in shorts else KERAS_WEIGHTS
         for wname, value in weights.items():
             short = keras_weight_name(wname, layer)
             override = name_map.get(f"{layer}/{short}")
@@ -102,9 +119,9 @@ def keras_tensors(
                 parts = tuple(override.split("/"))
                 collection = "batch_stats" if short.startswith("moving_") else "params"
                 key = (collection, *parts)
-            elif path is not None and short in KERAS_WEIGHTS:
-                collection, var = KERAS_WEIGHTS[short]
-                key = (collection, *path.split("/"), var)
+            elif path is not None and short in table:
+                collection, var = table[short]
+                key = (collection, *path.split("/"), *var.split("/"))
             else:
                 unexpected.append(f"{layer}/{wname.rsplit('/', 1)[-1]}")
                 continue
@@ -112,6 +129,25 @@ def keras_tensors(
                 raise WeightMismatchError(f"Keras weights: two tensors map to {'/'.join(key)}")
             tensors[key] = np.asarray(value)
     return tensors, unexpected
+
+
+def resolve_auto_names(layer_names, name_map: Mapping[str, str]) -> dict[str, str]:
+    """Replace ``"conv2d#k"`` keys by the k-th auto-named ``conv2d`` layer in ``layer_names``."""
+    ranked: dict[str, list[tuple[int, str]]] = {}
+    for name in layer_names:
+        m = AUTO_NAME.match(name)
+        if m and name not in name_map:
+            ranked.setdefault(m["base"], []).append((int(m["n"] or 0), name))
+    out = {}
+    for key, path in name_map.items():
+        base, sep, k = key.partition("#")
+        if not sep:
+            out[key] = path
+            continue
+        candidates = sorted(ranked.get(base, []))
+        if 0 < int(k) <= len(candidates):
+            out[candidates[int(k) - 1][1]] = path
+    return out
 
 
 # Class-derived names Keras gives unnamed layers ('conv2d', 'conv2d_7', ...).

@@ -1,0 +1,246 @@
+"""Fast convolutions (every formulation equals XLA's) and MobileNet/Xception specifics.
+
+The registry-wide tests (test_zoo, test_parity) cover the default ``alpha``; here every
+alpha of the Keras applications is checked, with and without top, plus the real
+MobileNetV2-0.35 weights file in ``../shared/weights`` when it is there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference as R
+from flax import linen as nn
+from test_parity import assert_logits_match
+
+import zoo
+from zoo import conv, layers, mobilenet, xception
+from zoo.weights import convert
+
+V1_ALPHAS = (0.25, 0.5, 0.75, 1.0)
+V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+ALPHAS = [("mobilenet", a) for a in V1_ALPHAS] + [("mobilenetv2", a) for a in V2_ALPHAS]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "weights"
+MOBILENETV2_035 = SHARED / "keras_mobilenet_v2_0.35_224_imagenet_backbone_in_model.h5"
+
+PADDINGS = ["SAME", "VALID", ((1, 0), (0, 2))]
+
+
+def loss_and_grads(f, w, x):
+    """f(w, x), and the gradients of a non-linear scalar of it wrt w and x."""
+    g = jax.grad(lambda w, x: jnp.sum(jnp.sin(f(w, x))), (0, 1))(w, x)
+    return f(w, x), g
+
+
+def assert_same_function(f, ref, w, x, tol=1e-4):
+    y1, g1 = loss_and_grads(f, w, x)
+    y2, g2 = loss_and_grads(ref, w, x)
+    np.testing.assert_allclose(y1, y2, rtol=tol, atol=tol)
+    for a, b in zip(g1, g2, strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------ formulations
+
+
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("size, multiplier", [(7, 1), (8, 1), (9, 2)])
+def test_depthwise_shift_equals_xla(stride, dilation, padding, size, multiplier):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 5))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, multiplier))
+    pads = conv.normalize_padding(padding)
+    s, d = (stride, stride), (dilation, dilation)
+
+    def ref(w, x):
+        return conv.xla_conv(x, w.reshape(3, 3, 1, 5 * multiplier), s, pads, d, groups=5)
+
+    assert_same_function(lambda w, x: conv.shift_depthwise(x, w, s, pads, d), ref, w, x)
+
+
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("size, kernel", [(7, 3), (8, 3), (9, 5), (8, 1)])
+def test_conv_matmul_equals_xla(stride, dilation, padding, size, kernel):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 4, 6))
+    pads = conv.normalize_padding(padding)
+    s, d = (stride, stride), (dilation, dilation)
+    assert_same_function(lambda w, x: conv.matmul_conv(x, w, s, pads, d),
+                         lambda w, x: conv.xla_conv(x, w, s, pads, d), w, x)
+
+
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
+@pytest.mark.parametrize("size", [7, 8])
+def test_keras_same_at_stride_2(impl, size):
+    import keras
+
+    x = np.random.default_rng(0).normal(size=(2, size, size, 6)).astype("float32")
+    kd = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2)
+    ks = keras.layers.SeparableConv2D(4, 3, strides=2, padding="same", depth_multiplier=2)
+    kc = keras.layers.Conv2D(4, 3, strides=2, padding="same")
+    refs = [np.asarray(k(x)) for k in (kd, ks, kc)]
+    mods = [layers.DepthwiseConv(3, 2, depth_multiplier=2, impl=impl),
+            layers.SeparableConv(4, 3, 2, depth_multiplier=2, impl=impl),
+            layers.Conv(4, 3, 2, impl=impl)]
+    for mod, k, ref in zip(mods, (kd, ks, kc), refs, strict=True):
+        net = nn.Sequential([mod])  # the layer's path is "layers_0"
+        target = jax.eval_shape(lambda n=net: n.init(jax.random.PRNGKey(0), x))
+        weights = {k.name: {w.path.rsplit("/", 1)[-1]: np.asarray(w) for w in k.weights}}
+        v = convert.from_keras(weights, {k.name: "layers_0"}, target)
+        np.testing.assert_allclose(net.apply(v, x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_parameter_layout_does_not_depend_on_the_formulation(monkeypatch):
+    x = jnp.ones((1, 9, 9, 3))
+    mods = [layers.Conv(4, 3), layers.Conv(4, 1), layers.DepthwiseConv(3, depth_multiplier=2),
+            layers.SeparableConv(4, 3)]
+    shapes = {}
+    for impl in conv.CONV_IMPLS:
+        monkeypatch.setenv("ZOO_CONV_IMPL", impl)
+        shapes[impl] = [jax.tree.map(lambda a: (a.shape, a.dtype), m.init(jax.random.PRNGKey(0), x))
+                        for m in mods]
+    assert shapes["auto"] == shapes["xla"] == shapes["matmul"]
+    assert shapes["auto"][2]["params"]["kernel"][0] == (3, 3, 3, 2)
+    assert set(shapes["auto"][3]["params"]) == {"depthwise", "pointwise"}
+
+
+def test_formulation_choice_and_overrides(monkeypatch):
+    monkeypatch.delenv("ZOO_CONV_IMPL", raising=False)
+    table = conv.backend_formulations(jax.default_backend())
+    assert set(table) == set(conv.KINDS) and set(table.values()) <= {"xla", "matmul"}
+    if jax.default_backend() == "cpu":
+        assert table == {"pointwise": "matmul", "spatial": "xla", "depthwise": "matmul"}
+    assert conv.formulation("depthwise") == table["depthwise"]
+    assert conv.formulation("depthwise", "xla") == "xla"  # a layer's impl wins
+    monkeypatch.setenv("ZOO_CONV_IMPL", "xla")
+    assert {conv.formulation(k) for k in conv.KINDS} == {"xla"}
+    assert conv.formulation("spatial", "matmul") == "matmul"
+    monkeypatch.setenv("ZOO_CONV_IMPL", "winograd")
+    with pytest.raises(ValueError, match="ZOO_CONV_IMPL"):
+        layers.DepthwiseConv(3).init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))
+
+
+def test_whole_model_is_the_same_function_under_every_formulation(monkeypatch):
+    model = zoo.create("mobilenetv2", alpha=0.35, num_classes=5)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 40, 40, 3))
+    v = model.init(jax.random.PRNGKey(1), x)
+
+    def run():
+        def loss(p):
+            # inference-mode BN: train-mode BN over 2 images amplifies float32 rounding
+            return jnp.sum(jax.nn.log_softmax(model.apply({**v, "params": p}, x))[:, 0])
+        return jax.jit(jax.value_and_grad(loss))(v["params"])
+
+    monkeypatch.setenv("ZOO_CONV_IMPL", "xla")
+    ref = run()
+    monkeypatch.setenv("ZOO_CONV_IMPL", "matmul")
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale),
+                 run(), ref)
+
+
+# ------------------------------------------------------------ MobileNet, every alpha
+
+
+def test_make_divisible_and_channels():
+    assert [mobilenet.make_divisible(32 * a) for a in V2_ALPHAS] == [16, 16, 24, 32, 40, 48]
+    assert mobilenet.make_divisible(1280 * 1.4) == 1792
+    v = jax.eval_shape(lambda: zoo.create("mobilenetv2", alpha=0.35).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    assert v["params"]["final"]["conv"]["kernel"].shape == (1, 1, 112, 1280)
+    assert v["params"]["head"]["kernel"].shape == (1280, 1000)
+
+
+def count(model, size=224) -> int:
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(v))
+
+
+def keras_mobilenet(name, alpha, size, **kwargs):
+    import keras
+
+    ctor = keras.applications.MobileNet if name == "mobilenet" else keras.applications.MobileNetV2
+    if kwargs.get("include_top", True):
+        kwargs = dict(classifier_activation=None, **kwargs)
+    return ctor(input_shape=(size, size, 3), alpha=alpha, weights=None, **kwargs)
+
+
+@pytest.mark.parametrize("name, alpha", ALPHAS)
+def test_parameter_parity_every_alpha(name, alpha):
+    for kwargs in (dict(classes=1000), dict(include_top=False)):
+        kmodel = keras_mobilenet(name, alpha, 224, **kwargs)
+        ours = dict(num_classes=kwargs["classes"]) if "classes" in kwargs else kwargs
+        assert count(zoo.create(name, alpha=alpha, **ours)) == kmodel.count_params()
+
+
+def mobilenet_parity(name, alpha, size=40, include_top=True, pooling=None, **options):
+    kwargs = dict(classes=10) if include_top else dict(include_top=False, pooling=pooling)
+    kmodel = keras_mobilenet(name, alpha, size, **kwargs, **options)
+    R.keras_randomize(kmodel)
+    model = zoo.create(name, alpha=alpha, num_classes=10, include_top=include_top,
+                       pooling=pooling, **options)
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")
+    target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
+    variables = convert.from_keras(R.keras_layers(kmodel), mobilenet.keras_names(model), target)
+    assert_logits_match(jax.jit(model.apply)(variables, x), kmodel(x), softmax=include_top)
+
+
+@pytest.mark.parametrize("name, alpha", ALPHAS)
+def test_output_parity_every_alpha(name, alpha):
+    # 40 px puts odd sizes (5, 3) in front of stride-2 convs: v1 pads them differently
+    mobilenet_parity(name, alpha)
+    mobilenet_parity(name, alpha, include_top=False, pooling="avg" if alpha < 1 else None)
+
+
+def test_mobilenet_depth_multiplier_and_dropout():
+    mobilenet_parity("mobilenet", 0.25, depth_multiplier=2, dropout=0.5)
+    model = zoo.create("mobilenet", alpha=0.25, dropout=0.5, num_classes=3)
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 32, 32, 3))
+    v = model.init(jax.random.PRNGKey(0), x)
+    infer = model.apply(v, x)
+    train = [model.apply(v, x, train=True, mutable=["batch_stats"],
+                         rngs={"dropout": jax.random.PRNGKey(k)})[0] for k in (1, 2)]
+    assert not np.allclose(train[0], train[1]), "dropout is active in training"
+    np.testing.assert_array_equal(infer, model.apply(v, x))
+
+
+@pytest.mark.skipif(not MOBILENETV2_035.exists(), reason=f"{MOBILENETV2_035} not present")
+def test_keras_names_cover_the_real_mobilenetv2_file():
+    import h5py
+
+    with h5py.File(MOBILENETV2_035) as f:
+        group = f["model_weights"]["sequential_9"]
+        found = {}
+        for full in group.attrs["weight_names"]:
+            full = full.decode()
+            layer = full.split("/")[0]
+            found.setdefault(layer, {})[full] = np.asarray(group[layer][full.split("/", 1)[1]])
+    model = zoo.create("mobilenetv2", alpha=0.35, include_top=False, pooling="avg")
+    x = jnp.zeros((1, 96, 96, 3))
+    target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
+    variables = convert.from_keras(found, mobilenet.keras_names(model), target)  # strict
+    feats = model.apply(variables, x)
+    assert feats.shape == (1, 1280) and bool(jnp.all(jnp.isfinite(feats)))
+
+
+# ------------------------------------------------------------ Xception
+
+
+def test_xception_auto_named_shortcuts_keras2_and_keras3():
+    names = xception.keras_names()
+    assert sum("#" in k for k in names) == 8
+    k3 = ["conv2d", "batch_normalization"] + [f"{b}_{i}" for i in (1, 2, 3)
+                                              for b in ("conv2d", "batch_normalization")]
+    k2 = [f"{b}_{i}" for i in (5, 6, 7, 8) for b in ("conv2d", "batch_normalization")]
+    for file_names in (k3, k2, list(reversed(k2))):
+        resolved = convert.resolve_auto_names(file_names, names)
+        assert {resolved[n] for n in file_names} == {v for k, v in names.items() if "#" in k}
+    resolved = convert.resolve_auto_names(k2, names)
+    assert resolved["conv2d_5"] == "stage1/block1/shortcut_conv"
+    assert resolved["batch_normalization_8"] == "stage3/block1/shortcut_bn"

@@ -1,0 +1,306 @@
+"""Convolutions that run the fastest correct formulation for the backend in use.
+
+Three kinds of convolution, each with a reference formulation (XLA's native
+``lax.conv_general_dilated``) and a hand-written one that computes the same numbers:
+
+- ``pointwise`` (1x1): a strided slice and ``einsum('nhwc,cd->nhwd')``. XLA:CPU runs
+  its 1x1 convolution at about a quarter of its matmul speed.
+- ``spatial`` (kxk, one group): ``matmul`` gathers the k*k shifted windows along the
+  channel axis (im2col) and does one matrix product.
+- ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
+  shifted multiply-adds. XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
+
+The formulation is chosen per backend (``jax.default_backend()``) from the table
+:data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
+forces one formulation for every kind, and each layer's ``impl`` argument overrides
+both (``auto``, the default, defers to the table).
+The parameter layout never depends on the formulation, so checkpoints move freely
+between CPU, GPU and TPU:
+
+- :class:`Conv`: ``kernel`` HWIO ``(kh, kw, in, out)`` and ``bias (out,)``, as
+  :class:`flax.linen.Conv`;
+- :class:`DepthwiseConv`: ``kernel (kh, kw, in, multiplier)`` and ``bias (in * multiplier,)``,
+  the layout of Keras ``DepthwiseConv2D``; output channel ``c * multiplier + m`` comes
+  from input channel ``c`` (TensorFlow's order);
+- :class:`SeparableConv`: submodules ``depthwise`` and ``pointwise`` (Keras
+  ``SeparableConv2D``: the bias, if any, belongs to the pointwise part).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Padding = str | int | Sequence[tuple[int, int]]
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+# He-normal (fan_out) for convolutions: what torchvision uses for ResNets; it keeps
+# ReLU networks trainable from scratch. Imported weights overwrite it anyway.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+CONV_IMPLS = ("auto", "xla", "matmul")
+KINDS = ("pointwise", "spatial", "depthwise")
+
+# The formulation of each kind of convolution per backend, measured (BENCHMARKS.md).
+# Backends not listed use XLA's convolution everywhere but for 1x1 (the same kernel).
+FORMULATIONS: dict[str, dict[str, str]] = {
+    "cpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "matmul"},
+    "gpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla"},
+    "tpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla"},
+}
+_DEFAULT = {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla"}
+
+
+def conv_impl() -> str:
+    """The global setting: ``$ZOO_CONV_IMPL`` (``auto``, ``xla`` or ``matmul``); ``auto``."""
+    impl = os.environ.get("ZOO_CONV_IMPL", "auto")
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"ZOO_CONV_IMPL={impl!r} is not one of {CONV_IMPLS}")
+    return impl
+
+
+def backend_formulations(backend: str) -> dict[str, str]:
+    """The formulation of each kind of convolution that ``auto`` picks on ``backend``."""
+    return dict(FORMULATIONS.get(backend, _DEFAULT))  # a copy: edit FORMULATIONS itself
+
+
+def formulation(kind: str, impl: str | None = None) -> str:
+    """``xla`` or ``matmul`` for a convolution of ``kind``: layer ``impl``, env, backend table."""
+    impl = impl or conv_impl()
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl={impl!r} is not one of {CONV_IMPLS}")
+    if impl != "auto":
+        return impl
+    return backend_formulations(jax.default_backend())[kind]
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+def normalize_padding(padding: Padding) -> str | Pads:
+    """'SAME' / 'VALID' (TF/Keras semantics) or explicit ((top, bottom), (left, right))."""
+    if isinstance(padding, str):
+        p = padding.upper()
+        if p not in ("SAME", "VALID"):
+            raise ValueError(f"padding must be 'SAME', 'VALID', an int or pairs, got {padding!r}")
+        return p
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    pads = tuple(tuple(p) for p in padding)
+    if len(pads) != 2 or any(len(p) != 2 for p in pads):
+        raise ValueError(f"explicit padding is ((top, bottom), (left, right)), got {padding!r}")
+    return pads  # type: ignore[return-value]
+
+
+def explicit_pads(size: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                  dilation: Sequence[int], padding: str | Pads) -> Pads:
+    """The ((top, bottom), (left, right)) zero padding that ``padding`` stands for.
+
+    'SAME' is TensorFlow's: ``ceil(n / s)`` outputs, the odd pixel padded at the end.
+    """
+    if not isinstance(padding, str):
+        return padding
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    pads = []
+    for n, k, s, d in zip(size, kernel, strides, dilation, strict=True):
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)  # type: ignore[return-value]
+
+
+def _windows(x: jax.Array, kernel, strides, dilation, padding) -> list[jax.Array]:
+    """The kh*kw shifted (strided) views of padded ``x`` that a kxk convolution combines."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    pads = explicit_pads(x.shape[1:3], kernel, strides, dilation, padding)
+    if any(pads[0] + pads[1]):
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    oh = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    ow = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"input {x.shape[1:3]} (padded) is smaller than the kernel {kernel}")
+    return [
+        x[:, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def xla_conv(x, kernel, strides, padding, dilation=(1, 1), groups: int = 1) -> jax.Array:
+    """``lax.conv_general_dilated`` over NHWC / HWIO: the reference formulation."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=strides, padding=padding, rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def matmul_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """A convolution as one matrix product: 1x1 directly, kxk over gathered windows."""
+    kh, kw, cin, cout = kernel.shape
+    if (kh, kw) == (1, 1) and not isinstance(padding, str):
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    if (kh, kw) == (1, 1):  # 'SAME' and 'VALID' pad nothing for a 1x1 kernel
+        return jnp.einsum("nhwc,cd->nhwd", x[:, :: strides[0], :: strides[1]], kernel[0, 0])
+    patches = jnp.concatenate(_windows(x, (kh, kw), strides, dilation, padding), axis=-1)
+    return jnp.einsum("nhwc,cd->nhwd", patches, kernel.reshape(kh * kw * cin, cout))
+
+
+def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
+    kh, kw, c, m = kernel.shape
+    views = _windows(x, (kh, kw), strides, dilation, padding)
+    if m == 1:
+        w = kernel.reshape(kh * kw, c)
+        return functools.reduce(jnp.add, (v * w[t] for t, v in enumerate(views)))
+    w = kernel.reshape(kh * kw, c, m)
+    y = functools.reduce(jnp.add, (v[..., None] * w[t] for t, v in enumerate(views)))
+    return y.reshape(*y.shape[:3], c * m)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def shift_depthwise(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """A depthwise convolution as kh*kw shifted multiply-adds (kernel ``(kh, kw, C, M)``)."""
+    return _shift_forward(x, kernel, strides, padding, dilation)
+
+
+def _shift_fwd(x, kernel, strides, padding, dilation):
+    return _shift_forward(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _shift_bwd(strides, padding, dilation, res, dy):
+    x, kernel = res
+    _, x_vjp = jax.vjp(lambda x: _shift_forward(x, kernel, strides, padding, dilation), x)
+    return x_vjp(dy)[0], _shift_kernel_grad(x, dy, kernel, strides, padding, dilation)
+
+
+def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
+    """d(loss)/d(kernel): per tap, the sum over batch and space of window * dy.
+
+    One tap at a time (``lax.map``): XLA:CPU materialises a reduction's sliced input,
+    and all kh*kw windows at once cost kh*kw activations of fresh memory (page faults).
+    """
+    kh, kw, c, m = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = dy.shape[1:3]
+
+    def tap(t):
+        start = (0, (t // kw) * dh, (t % kw) * dw, 0)
+        v = jax.lax.dynamic_slice(xp, start, (xp.shape[0], (oh - 1) * sh + 1,
+                                              (ow - 1) * sw + 1, c))[:, ::sh, ::sw]
+        if m > 1:  # channels stay the minor axis: a size-m minor axis reduces slowly
+            v = jnp.repeat(v, m, axis=-1)
+        return jnp.sum(v * dy, axis=(0, 1, 2), dtype=jnp.float32)
+
+    grad = jax.lax.map(tap, jnp.arange(kh * kw))
+    return grad.reshape(kernel.shape).astype(kernel.dtype)
+
+
+shift_depthwise.defvjp(_shift_fwd, _shift_bwd)
+
+
+class Conv(nn.Module):
+    """2-D convolution over NHWC input; parameters laid out as :class:`flax.linen.Conv`.
+
+    ``padding`` is ``'SAME'`` (TensorFlow/Keras semantics: the extra pixel goes at the
+    end at stride 2), ``'VALID'``, an int (symmetric, as in PyTorch) or explicit pairs.
+    ``impl`` overrides the formulation for this layer (``None``: :func:`formulation`).
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    dilation: int | Sequence[int] = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = conv_init
+    bias_init: Any = nn.initializers.zeros
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = _pair(self.kernel_size)
+        strides, dilation = _pair(self.strides), _pair(self.dilation)
+        padding = normalize_padding(self.padding)
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        kind = "pointwise" if (kh, kw) == (1, 1) else "spatial"
+        if formulation(kind, self.impl) == "matmul":
+            y = matmul_conv(x, kernel, strides, padding, dilation)
+        else:
+            y = xla_conv(x, kernel, strides, padding, dilation)
+        return y if bias is None else y + bias
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise 2-D convolution (Keras ``DepthwiseConv2D``), kernel ``(kh, kw, in, multiplier)``.
+
+    Padding, strides and dilation as in :class:`Conv`; ``impl`` overrides the formulation.
+    """
+
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Padding = "SAME"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    dilation: int | Sequence[int] = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = conv_init
+    bias_init: Any = nn.initializers.zeros
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = _pair(self.kernel_size)
+        strides, dilation = _pair(self.strides), _pair(self.dilation)
+        padding = normalize_padding(self.padding)
+        c, m = x.shape[-1], self.depth_multiplier
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, c, m), self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (c * m,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if formulation("depthwise", self.impl) == "matmul":
+            y = shift_depthwise(x, kernel, strides, padding, dilation)
+        else:  # HWIO with I = 1: output channel c * m + j, as TensorFlow orders them
+            y = xla_conv(x, kernel.reshape(kh, kw, 1, c * m), strides, padding, dilation, c)
+        return y if bias is None else y + bias
+
+
+class SeparableConv(nn.Module):
+    """Keras ``SeparableConv2D``: a :class:`DepthwiseConv` then a 1x1 :class:`Conv`."""
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Padding = "SAME"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    dilation: int | Sequence[int] = 1
+    dtype: Any = None
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = DepthwiseConv(self.kernel_size, self.strides, self.padding, self.depth_multiplier,
+                          use_bias=False, dilation=self.dilation, dtype=self.dtype,
+                          impl=self.impl, name="depthwise")(x)
+        return Conv(self.features, 1, use_bias=self.use_bias, dtype=self.dtype, impl=self.impl,
+                    name="pointwise")(x)
