@@ -93,6 +93,7 @@ def draw(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, scores: np.n
         label = f"{class_names[int(c)]} {float(s):.2f}"
         tw, th = pen.textbbox((0, 0), label)[2:]
         ty = y0 - th - 2 if y0 - th - 2 >= 0 else y0
-        pen.rectangle([x0, ty, x0 + tw + 4, ty + th + 2], fill=colour)
-        pen.text((x0 + 2, ty), label, fill=(255, 255, 255))
+        tx = max(0.0, min(x0, im.width - tw - 4))  # keep the label inside the image
+        pen.rectangle([tx, ty, tx + tw + 4, ty + th + 2], fill=colour)
+        pen.text((tx + 2, ty), label, fill=(255, 255, 255))
     return im
