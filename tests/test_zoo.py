@@ -230,15 +230,27 @@ def test_shapes_determinism_and_batchnorm(name):
 
 # Eager execution compiles every primitive separately (minutes for a DenseNet on 2 cores):
 # a few cheap models check jit == eager in the quick loop, the others in the slow suite.
-# Batch 8, not 2: train-mode batch norm over the 2 values of a 1x1 map (the last stage at
-# the minimum input size) is ill-conditioned, and float rounding differences between the
-# eager and fused programs grew to O(1) in the logits of deep BN nets at batch 2.
+# Eager and jitted programs fuse and order float32 operations differently, so they agree to
+# rounding, measured against each output's scale (1e-4, as the parity tests): random-init
+# logits reach the thousands, where 1e-5 absolute is below float32 resolution. Training
+# mode normalises by batch statistics, which amplifies rounding: batch 8, not 2 (batch norm
+# over the 2 values of a 1x1 map at the minimum size is ill-conditioned: O(1) differences
+# in deep BN nets at batch 2), and a 1e-3 bound.
+# A real eager/jit difference (a Python branch on a traced value, a dropout key, a BN mode)
+# moves outputs by O(scale).
+def assert_close_to_scale(a, b, rel: float):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        scale = max(float(np.abs(y).max()), 1e-6)
+        assert np.abs(x - y).max() <= rel * scale, (np.abs(x - y).max(), scale)
+
+
 @pytest.mark.parametrize("name", model_params(quick={"resnet18"}))
 def test_eager_matches_jit(name):
     model, x, v = _setup(name, batch=8)
     infer, train, _ = _fns(model)
-    chex.assert_trees_all_close(infer(v, x), jax.jit(infer)(v, x), rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(train(v, x), jax.jit(train)(v, x), rtol=1e-4, atol=1e-5)
+    assert_close_to_scale(infer(v, x), jax.jit(infer)(v, x), rel=1e-4)
+    assert_close_to_scale(train(v, x), jax.jit(train)(v, x), rel=1e-3)
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
