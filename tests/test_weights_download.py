@@ -70,6 +70,16 @@ def test_bad_digest_keeps_nothing(r50, tmp_path):
     assert download.fetch(f, cache=tmp_path / "c").read_bytes() == path.read_bytes()
 
 
+def test_a_wrong_file_put_in_the_cache_is_refused(r50, tmp_path):
+    _, path = r50
+    f = download.WeightFile(path.as_uri(), md5=download.digests(path)[1])
+    (tmp_path / f.filename).write_bytes(path.read_bytes()[:-10])  # truncated by hand
+    with pytest.raises(download.WeightsUnavailableError, match="Delete it to download again"):
+        download.fetch(f, cache=tmp_path)
+    (tmp_path / f.filename).write_bytes(path.read_bytes())
+    assert download.fetch(f, cache=tmp_path).read_bytes() == path.read_bytes()
+
+
 def test_interrupted_download_keeps_nothing(tmp_path, monkeypatch):
     class Cut:
         headers = {"Content-Length": "100"}

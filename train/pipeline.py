@@ -12,7 +12,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -139,24 +139,38 @@ class Loader:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of ``epoch`` from batch number ``start`` on (for exact resume)."""
-        order, b = self.order(epoch), self.batch_size
-        chunks = (order[k * b : (k + 1) * b] for k in range(start, len(self)))
-        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-            pending: collections.deque = collections.deque()
+        for idx, mask, examples in prefetched(self.order(epoch), self.batch_size, start,
+                                              len(self), lambda i: self.example(i, epoch),
+                                              self.workers, self.prefetch, self.local):
+            yield {"image": np.stack(examples),
+                   "label": self.source.labels[idx].astype(np.int32), "mask": mask}
 
-            def submit() -> None:
-                idx = next(chunks, None)
-                if idx is not None:
-                    mask = np.zeros(b, np.float32)
-                    mask[: len(idx)] = 1
-                    idx = np.pad(idx, (0, b - len(idx)), mode="edge")[self.local]
-                    futs = [pool.submit(self.example, int(i), epoch) for i in idx]
-                    pending.append((idx, mask[self.local], futs))
 
-            for _ in range(self.prefetch + 1):
-                submit()
-            while pending:
-                idx, mask, futs = pending.popleft()
-                submit()
-                yield {"image": np.stack([f.result() for f in futs]),
-                       "label": self.source.labels[idx].astype(np.int32), "mask": mask}
+def prefetched(order: np.ndarray, batch_size: int, start: int, stop: int, example: Callable,
+               workers: int, prefetch: int, local: slice = slice(None)
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
+    """Batches ``start..stop-1`` of ``order`` as ``(indices, mask, examples)``, the examples
+    computed by ``example(index)`` on ``workers`` threads, ``prefetch`` batches ahead.
+
+    A last, partial batch is padded by repeating its last index (``mask`` 0 there) so every
+    batch has one shape; ``local`` is this process's slice of each batch.
+    """
+    b = batch_size
+    chunks = (order[k * b : (k + 1) * b] for k in range(start, stop))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+
+        def submit() -> None:
+            idx = next(chunks, None)
+            if idx is not None:
+                mask = np.zeros(b, np.float32)
+                mask[: len(idx)] = 1
+                idx = np.pad(idx, (0, b - len(idx)), mode="edge")[local]
+                pending.append((idx, mask[local], [pool.submit(example, int(i)) for i in idx]))
+
+        for _ in range(prefetch + 1):
+            submit()
+        while pending:
+            idx, mask, futs = pending.popleft()
+            submit()
+            yield idx, mask, [f.result() for f in futs]

@@ -89,10 +89,8 @@ class Darknet53(nn.Module):
         for i, n in enumerate(self.stage_sizes, 1):
             x = DarknetStage(32 * 2**i, n, self.dtype, self.bn_momentum, name=f"stage{i}")(
                 x, train)
-        if not self.include_top:
-            return layers.pool_features(x, self.pooling)
-        x = layers.global_pool(x, "avg")
-        return layers.classifier(x, num_classes=self.num_classes, dtype=self.dtype)
+        return layers.pooled_top(x, include_top=self.include_top, pooling=self.pooling,
+                                 num_classes=self.num_classes, dtype=self.dtype)
 
 
 def darknet_groups(prefix: str = "") -> tuple[tuple[str, str], ...]:

@@ -106,10 +106,8 @@ class DenseNet(nn.Module):
             x = Stage(n, transition=i < len(self.blocks), dtype=self.dtype,
                       name=f"stage{i}")(x, train)
         x = nn.relu(bn(name="post_bn")(x, use_running_average=not train))
-        if not self.include_top:
-            return layers.pool_features(x, self.pooling)
-        x = layers.global_pool(x, "avg")
-        return layers.classifier(x, num_classes=self.num_classes, dtype=self.dtype)
+        return layers.pooled_top(x, include_top=self.include_top, pooling=self.pooling,
+                                 num_classes=self.num_classes, dtype=self.dtype)
 
 
 def keras_names(model: DenseNet) -> dict[str, str]:

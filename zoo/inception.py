@@ -298,10 +298,8 @@ class Inception(nn.Module):
                 x = Block(block, bn=KERAS_BN, dtype=self.dtype, name=name)(x, train)
         if self.arch == "inception_resnet_v2":
             x = ConvBN(1536, 1, bn=KERAS_BN, dtype=self.dtype, name="conv_7b")(x, train)
-        if not self.include_top:
-            return layers.pool_features(x, self.pooling)
-        x = layers.global_pool(x, "avg")
-        return layers.classifier(x, num_classes=self.num_classes, dtype=self.dtype)
+        return layers.pooled_top(x, include_top=self.include_top, pooling=self.pooling,
+                                 num_classes=self.num_classes, dtype=self.dtype)
 
 
 def keras_names(model: Inception) -> dict[str, str]:

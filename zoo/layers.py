@@ -141,3 +141,12 @@ def classifier(
     if not num_classes:
         return x
     return nn.Dense(num_classes, dtype=dtype, name=name)(x)
+
+
+def pooled_top(x: jax.Array, *, include_top: bool, pooling: str | None,
+               num_classes: int | None, dtype: Any) -> jax.Array:
+    """The top of most keras.applications models: without top the feature map (or pooled, as
+    ``pooling`` says); with top global average pooling and the ``head`` Dense layer."""
+    if not include_top:
+        return pool_features(x, pooling)
+    return classifier(global_pool(x, "avg"), num_classes=num_classes, dtype=dtype)

@@ -147,10 +147,8 @@ class MobileNetV2(nn.Module):
             x = Stage("v2", tuple(blocks), dtype=self.dtype, name=f"stage{i}")(x, train)
         last = make_divisible(1280 * self.alpha) if self.alpha > 1.0 else 1280
         x = ConvBN(last, 1, 1, V2_BN, dtype=self.dtype, name="final")(x, train)
-        if not self.include_top:
-            return layers.pool_features(x, self.pooling)
-        x = layers.global_pool(x, "avg")
-        return layers.classifier(x, num_classes=self.num_classes, dtype=self.dtype)
+        return layers.pooled_top(x, include_top=self.include_top, pooling=self.pooling,
+                                 num_classes=self.num_classes, dtype=self.dtype)
 
 
 class ConvBN(nn.Module):

@@ -182,10 +182,8 @@ class ResNet(nn.Module):
                 x, use_running_average=not train
             )
             x = nn.relu(x)
-        if not self.include_top:
-            return layers.pool_features(x, self.pooling)
-        x = layers.global_pool(x, "avg")
-        return layers.classifier(x, num_classes=self.num_classes, dtype=self.dtype)
+        return layers.pooled_top(x, include_top=self.include_top, pooling=self.pooling,
+                                 num_classes=self.num_classes, dtype=self.dtype)
 
 
 def keras_names(model: ResNet) -> dict[str, str]:

@@ -139,10 +139,8 @@ class Xception(nn.Module):
         x = Stem(dtype=self.dtype, name="stem")(x, train)
         for i, blocks in enumerate(stage_plan(), 1):
             x = Stage(blocks, dtype=self.dtype, name=f"stage{i}")(x, train)
-        if not self.include_top:
-            return layers.pool_features(x, self.pooling)
-        x = layers.global_pool(x, "avg")
-        return layers.classifier(x, num_classes=self.num_classes, dtype=self.dtype)
+        return layers.pooled_top(x, include_top=self.include_top, pooling=self.pooling,
+                                 num_classes=self.num_classes, dtype=self.dtype)
 
 
 def keras_names(model: Xception | None = None) -> dict[str, str]:

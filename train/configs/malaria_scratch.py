@@ -4,7 +4,7 @@
       --config.data.source=folder:../shared/data/malaria/cell_images \
       [--config.model.name=resnet18 --config.head.kind=reference]
 
-Measured numbers for each family are in BENCHMARKS_malaria.md.
+Measured numbers for each family are in BENCHMARKS.md (malaria section).
 """
 
 from train.configs import base

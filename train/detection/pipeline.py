@@ -8,8 +8,6 @@ example index)``, so a resumed run sees exactly the batches of an uninterrupted 
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import logging
 import threading
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ import numpy as np
 
 from train.detection.augment import DetectionAugment, pad_boxes, prepare, resize
 from train.detection.data import DetectionSource
+from train.pipeline import prefetched
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +81,8 @@ class DetectionLoader:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of ``epoch`` from batch number ``start`` on (for exact resume)."""
-        order, b = self.order(epoch), self.batch_size
-        chunks = (order[k * b:(k + 1) * b] for k in range(start, len(self)))
-        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-            pending: collections.deque = collections.deque()
-
-            def submit() -> None:
-                idx = next(chunks, None)
-                if idx is not None:
-                    mask = np.zeros(b, np.float32)
-                    mask[:len(idx)] = 1
-                    idx = np.pad(idx, (0, b - len(idx)), mode="edge")
-                    pending.append((idx, mask, [pool.submit(self.example, int(i), epoch)
-                                                for i in idx]))
-
-            for _ in range(self.prefetch + 1):
-                submit()
-            while pending:
-                idx, mask, futs = pending.popleft()
-                submit()
-                exs = [f.result() for f in futs]
-                batch = {k: np.stack([e[k] for e in exs]) for k in exs[0]}
-                yield batch | {"mask": mask, "index": idx}
+        for idx, mask, exs in prefetched(self.order(epoch), self.batch_size, start, len(self),
+                                         lambda i: self.example(i, epoch), self.workers,
+                                         self.prefetch):
+            batch = {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+            yield batch | {"mask": mask, "index": idx}

@@ -5,7 +5,8 @@
 ``fetch(url, ...)`` downloads it once into the cache and returns the local path.
 
 - Cache: ``$TRANSFER_ZOO_CACHE`` if set, else ``$XDG_CACHE_HOME/transfer-zoo``, else
-  ``~/.cache/transfer-zoo``. A file there is used as is and never downloaded again.
+  ``~/.cache/transfer-zoo``. A file there is never downloaded again; its digest is checked
+  on every use (a copy put there by hand that is not the published file is refused).
 - Integrity: a download goes to a temporary file in the cache directory, is checked
   (length against ``Content-Length``, then the digest) and only then renamed into place,
   so an interrupted or corrupt download is never used.
@@ -156,7 +157,7 @@ def digests(path: str | os.PathLike) -> tuple[str, str]:
     return sha.hexdigest(), md5.hexdigest()
 
 
-def verify(path: str | os.PathLike, file: WeightFile) -> None:
+def verify(path: str | os.PathLike, file: WeightFile, *, cached: bool = False) -> None:
     """Raise :class:`WeightsUnavailableError` unless ``path`` has ``file``'s digest."""
     sha, md5 = digests(path)
     if file.sha256:
@@ -167,6 +168,11 @@ def verify(path: str | os.PathLike, file: WeightFile) -> None:
         warnings.warn(f"{file.url} has no published digest to check; its SHA-256 is {sha} "
                       "(pin it in zoo.weights.download.SHA256)", stacklevel=3)
         return
+    if not ok and cached:
+        raise WeightsUnavailableError(
+            f"{path} is not the published {file.filename} (expected digest {want}, got "
+            f"{got}): a corrupt or different file was put in the cache. Delete it to download "
+            f"again, or fetch {file.url} yourself")
     if not ok:
         raise WeightsUnavailableError(
             f"{file.url}: digest mismatch (expected {want}, got {got}); the download is "
@@ -178,7 +184,8 @@ def fetch(file: WeightFile | str, *, cache: str | os.PathLike | None = None) -> 
     file = WeightFile(file) if isinstance(file, str) else file
     folder = Path(cache) if cache is not None else cache_dir()
     dest = folder / file.filename
-    if dest.exists():
+    if dest.exists():  # downloaded (verified) before, or put there by hand: checked again
+        verify(dest, file, cached=True)
         return dest
     folder.mkdir(parents=True, exist_ok=True)
     print(f"Downloading {file.url} -> {dest}", file=sys.stderr)
