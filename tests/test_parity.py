@@ -67,6 +67,7 @@ def test_keras_output_parity(name):
 @pytest.mark.parametrize("name, pooling", [
     pytest.param("vgg16", "max", marks=pytest.mark.slow),
     pytest.param("resnet50v2", None, marks=pytest.mark.slow),
+    pytest.param("xception", "max", marks=pytest.mark.slow),
     ("resnet50", "avg")])
 def test_keras_output_parity_without_top(name, pooling):
     keras_parity(name, include_top=False, pooling=pooling)
