@@ -61,7 +61,7 @@ def augment(img: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarr
     if aug.vflip and rng.random() < 0.5:
         img = img[::-1]
     if aug.brightness or aug.contrast or aug.saturation:
-        img = _colour_jitter(img.astype(np.float32), aug, rng)
+        img = colour_jitter(img, aug, rng)
     assert img.shape[:2] == (size, size)
     return np.ascontiguousarray(img)
 
@@ -76,7 +76,13 @@ def _random_resized_crop(img: np.ndarray, min_scale: float, rng) -> np.ndarray:
     return resize(np.ascontiguousarray(img[y : y + h, x : x + w]), size)
 
 
-def _colour_jitter(x: np.ndarray, aug: Augment, rng) -> np.ndarray:
+def colour_jitter(image: np.ndarray, aug, rng) -> np.ndarray:
+    """Random brightness, contrast and saturation of a uint8 image (geometry unchanged).
+
+    ``aug`` is any object with ``brightness``, ``contrast`` and ``saturation`` (this
+    module's :class:`Augment`, or the detection pipeline's ``DetectionAugment``).
+    """
+    x = image.astype(np.float32)
     if aug.brightness:
         x = x * rng.uniform(1 - aug.brightness, 1 + aug.brightness)
     if aug.contrast:

@@ -12,6 +12,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from train.pipeline import colour_jitter
+
 FILL = 114  # the grey Darknet/Ultralytics letterboxes with
 
 
@@ -136,21 +138,6 @@ def flip(image: np.ndarray, boxes: np.ndarray, horizontal: bool = True):
     h = image.shape[0]
     b[:, [1, 3]] = h - b[:, [3, 1]]
     return np.ascontiguousarray(image[::-1]), b
-
-
-def colour_jitter(image: np.ndarray, aug: DetectionAugment, rng: np.random.Generator):
-    """Random brightness, contrast and saturation (geometry unchanged)."""
-    x = image.astype(np.float32)
-    if aug.brightness:
-        x = x * rng.uniform(1 - aug.brightness, 1 + aug.brightness)
-    if aug.contrast:
-        m = x.mean()
-        x = (x - m) * rng.uniform(1 - aug.contrast, 1 + aug.contrast) + m
-    if aug.saturation:
-        grey = x @ np.asarray([0.299, 0.587, 0.114], np.float32)
-        x = (x - grey[..., None]) * rng.uniform(1 - aug.saturation, 1 + aug.saturation) \
-            + grey[..., None]
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def prepare(example: dict, out_hw: tuple[int, int], aug: DetectionAugment | None,
