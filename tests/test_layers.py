@@ -18,11 +18,12 @@ def xla_conv(x, w, stride, padding):
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", ["SAME", "VALID", 0, ((1, 0), (0, 2))])
-@pytest.mark.parametrize("size", [7, 8])
-def test_conv1x1_matmul_equals_xla_forward_and_gradient(stride, padding, size):
+@pytest.mark.parametrize("size, features", [(7, 6), (8, 3)])
+def test_conv1x1_matmul_equals_xla_forward_and_gradient(stride, padding, size, features):
+    """features 6 > 5 input channels and 3 < 5: the kernel gradient transposes either side."""
     kx, kw = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(kx, (2, size, size, 5))
-    conv = layers.Conv(6, 1, stride, padding=padding, impl="matmul")
+    conv = layers.Conv(features, 1, stride, padding=padding, impl="matmul")
     v = conv.init(kw, x)
     w, b = v["params"]["kernel"], v["params"]["bias"]
 

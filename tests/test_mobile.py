@@ -91,6 +91,45 @@ def test_conv_matmul_equals_xla(stride, dilation, padding, size, kernel):
                          lambda w, x: conv.xla_conv(x, w, s, pads, d), w, x)
 
 
+@pytest.mark.parametrize("stride, dilation, padding, size, kernel, cin",
+                         latin(STRIDES_DILATIONS, PADDINGS, [(7, 3, 4), (9, 7, 3), (8, 3, 65)]))
+def test_mixed_conv_equals_xla(stride, dilation, padding, size, kernel, cin):
+    """XLA's conv with the kernel gradient over patches (kh*kw*cin <= 576) or XLA's (above)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, cin))
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, 6))
+    pads = conv.normalize_padding(padding)
+    s, d = (stride, stride), (dilation, dilation)
+    assert_same_function(lambda w, x: conv.mixed_conv(x, w, s, pads, d),
+                         lambda w, x: conv.xla_conv(x, w, s, pads, d), w, x)
+
+
+@pytest.mark.parametrize("window, stride, padding", [
+    (3, 2, "SAME"), (3, 2, "VALID"), (2, 2, "SAME"), (3, 1, "SAME"), (2, 1, ((0, 1), (0, 1))),
+    (3, 2, ((1, 1), (1, 1)))])
+def test_max_pool_gradient_equals_xla_with_ties(window, stride, padding):
+    """Exactly XLA's gradient (the first maximum of a window takes it), ties included:
+    ReLU outputs rounded to integers tie in most windows."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 3))
+    x = jnp.maximum(jnp.round(2 * x), 0)
+    pads = conv.explicit_pads(x.shape[1:3], (window,) * 2, (stride,) * 2, (1, 1),
+                              conv.normalize_padding(padding))
+
+    def run(impl):
+        f = lambda x: conv.max_pool(x, window, stride, padding, impl=impl)  # noqa: E731
+        def loss(x):  # distinct weights per output element: a wrong route changes the sum
+            y = f(x)
+            return jnp.sum(jnp.sin(y) * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+
+        return jax.jit(f)(x), jax.jit(jax.grad(loss))(x)
+
+    y, g = run("matmul")
+    ref = nn.max_pool(x, (window,) * 2, (stride,) * 2, pads)
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(y, run("xla")[0])
+    np.testing.assert_array_equal(g, run("xla")[1])
+    assert int((g != 0).sum()) > 0
+
+
 @pytest.mark.parametrize("impl", ["xla", "matmul"])
 @pytest.mark.parametrize("size", [7, 8])
 def test_keras_same_at_stride_2(impl, size):
@@ -129,9 +168,10 @@ def test_parameter_layout_does_not_depend_on_the_formulation(monkeypatch):
 def test_formulation_choice_and_overrides(monkeypatch):
     monkeypatch.delenv("ZOO_CONV_IMPL", raising=False)
     table = conv.backend_formulations(jax.default_backend())
-    assert set(table) == set(conv.KINDS) and set(table.values()) <= {"xla", "matmul"}
+    assert set(table) == set(conv.KINDS) and all(table[k] in conv.FORMS[k] for k in table)
     if jax.default_backend() == "cpu":
-        assert table == {"pointwise": "matmul", "spatial": "xla", "depthwise": "matmul"}
+        assert table == {"pointwise": "matmul", "spatial": "mixed", "depthwise": "matmul",
+                         "maxpool": "matmul"}
     assert conv.formulation("depthwise") == table["depthwise"]
     assert conv.formulation("depthwise", "xla") == "xla"  # a layer's impl wins
     monkeypatch.setenv("ZOO_CONV_IMPL", "xla")

@@ -1,14 +1,26 @@
 """Convolutions that run the fastest correct formulation for the backend in use.
 
-Three kinds of convolution, each with a reference formulation (XLA's native
-``lax.conv_general_dilated``) and a hand-written one that computes the same numbers:
+Four kinds of window operation, each with a reference formulation (XLA's native
+``lax.conv_general_dilated`` / ``lax.reduce_window``) and hand-written ones that compute
+the same numbers:
 
-- ``pointwise`` (1x1): a strided slice and ``einsum('nhwc,cd->nhwd')``. XLA:CPU runs
-  its 1x1 convolution at about a quarter of its matmul speed.
+- ``pointwise`` (1x1): ``matmul`` is a strided slice and ``einsum('nhwc,cd->nhwd')``, with
+  its own gradient. XLA:CPU runs its 1x1 convolution at about a quarter of its matmul
+  speed, and the kernel gradient ``x^T dy`` needs one operand transposed (XLA:CPU's dot
+  contracts the minor axis of its left operand): the gradient transposes the narrower of
+  the two, where XLA's autodiff may transpose a 4x wider one.
 - ``spatial`` (kxk, one group): ``matmul`` gathers the k*k shifted windows along the
-  channel axis (im2col) and does one matrix product.
+  channel axis (im2col) and does one matrix product. ``mixed`` is XLA's convolution
+  forward and for the input gradient, and computes the kernel gradient as one matrix
+  product over channel-major patches when the layer has few input channels
+  (``kh * kw * in <= 576``: the stems, 3x3 convs on 64 channels), where XLA:CPU's
+  kernel-gradient convolution is 1.5-2x slower.
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds. XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
+- ``maxpool``: ``matmul`` keeps XLA's forward pass and computes the gradient from k*k
+  shifted views (the first maximum of each window gets it, as XLA's select-and-scatter);
+  XLA:CPU's own max-pool gradient (a reduce-window over indices, then a scatter) costs a
+  ResNet50 training step 12%.
 
 The formulation is chosen per backend (``jax.default_backend()``) from the table
 :data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
@@ -45,16 +57,22 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 CONV_IMPLS = ("auto", "xla", "matmul")
-KINDS = ("pointwise", "spatial", "depthwise")
-
-# The formulation of each kind of convolution per backend, measured (BENCHMARKS.md).
-# Backends not listed use XLA's convolution everywhere but for 1x1 (the same kernel).
-FORMULATIONS: dict[str, dict[str, str]] = {
-    "cpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "matmul"},
-    "gpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla"},
-    "tpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla"},
+KINDS = ("pointwise", "spatial", "depthwise", "maxpool")
+# the formulations each kind has (the first is XLA's own)
+FORMS: dict[str, tuple[str, ...]] = {
+    "pointwise": ("xla", "matmul"), "spatial": ("xla", "matmul", "mixed"),
+    "depthwise": ("xla", "matmul"), "maxpool": ("xla", "matmul"),
 }
-_DEFAULT = {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla"}
+
+# The formulation of each kind per backend, measured (BENCHMARKS.md). Backends not listed
+# use XLA's own operations everywhere but for 1x1 convolutions (the same kernel).
+FORMULATIONS: dict[str, dict[str, str]] = {
+    "cpu": {"pointwise": "matmul", "spatial": "mixed", "depthwise": "matmul",
+            "maxpool": "matmul"},
+    "gpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla"},
+    "tpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla"},
+}
+_DEFAULT = {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla"}
 
 
 def conv_impl() -> str:
@@ -71,7 +89,8 @@ def backend_formulations(backend: str) -> dict[str, str]:
 
 
 def formulation(kind: str, impl: str | None = None) -> str:
-    """``xla`` or ``matmul`` for a convolution of ``kind``: layer ``impl``, env, backend table."""
+    """The formulation (one of ``FORMS[kind]``) of a ``kind`` operation: layer ``impl``,
+    then ``$ZOO_CONV_IMPL``, then the backend's table."""
     impl = impl or conv_impl()
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl={impl!r} is not one of {CONV_IMPLS}")
@@ -151,9 +170,136 @@ def matmul_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     if (kh, kw) == (1, 1) and not isinstance(padding, str):
         x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     if (kh, kw) == (1, 1):  # 'SAME' and 'VALID' pad nothing for a 1x1 kernel
-        return jnp.einsum("nhwc,cd->nhwd", x[:, :: strides[0], :: strides[1]], kernel[0, 0])
+        return pointwise(x, kernel[0, 0], tuple(strides))
     patches = jnp.concatenate(_windows(x, (kh, kw), strides, dilation, padding), axis=-1)
     return jnp.einsum("nhwc,cd->nhwd", patches, kernel.reshape(kh * kw * cin, cout))
+
+
+def weight_grad(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``sum over rows of a^T b`` for ``a (..., C)``, ``b (..., D)``: a kernel gradient.
+
+    The contraction runs over the major axes, so one operand must be transposed (copied)
+    for the matrix product; this transposes the narrower one (XLA's choice can be the
+    wider: it cost a ResNet50 training step a third of its time on CPU).
+    """
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    if a.shape[1] <= b.shape[1]:
+        return jnp.matmul(a.T, b)
+    return jnp.matmul(b.T, a).T
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pointwise(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    """A 1x1 convolution (``w (in, out)``) as a strided slice and a matrix product."""
+    return jnp.einsum("nhwc,cd->nhwd", x[:, :: strides[0], :: strides[1]], w)
+
+
+def _pointwise_fwd(x, w, strides):
+    return pointwise(x, w, strides), (x, w)
+
+
+def _pointwise_bwd(strides, res, dy):
+    x, w = res
+    xs, unslice = jax.vjp(lambda x: x[:, :: strides[0], :: strides[1]], x)
+    dx = unslice(jnp.einsum("nhwd,cd->nhwc", dy, w))[0]
+    return dx, weight_grad(xs, dy).astype(w.dtype)
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+# kh * kw * in_channels up to which the "mixed" formulation computes the kernel gradient
+# as a matrix product over patches (measured: 1.5-2x faster than XLA:CPU's kernel-gradient
+# convolution up to 3x3x64, slower from 3x3x128 on; BENCHMARKS.md)
+PATCH_GRAD_MAX_DEPTH = 576
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """XLA's convolution, with the kernel gradient over patches for few input channels."""
+    return xla_conv(x, kernel, strides, padding, dilation)
+
+
+def _mixed_fwd(x, kernel, strides, padding, dilation):
+    return xla_conv(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _mixed_bwd(strides, padding, dilation, res, dy):
+    x, kernel = res
+    _, x_vjp = jax.vjp(lambda x: xla_conv(x, kernel, strides, padding, dilation), x)
+    kh, kw, cin, cout = kernel.shape
+    if kh * kw * cin <= PATCH_GRAD_MAX_DEPTH:
+        dk = patch_kernel_grad(x, dy, kernel.shape, strides, padding, dilation)
+    else:
+        _, k_vjp = jax.vjp(lambda k: xla_conv(x, k, strides, padding, dilation), kernel)
+        (dk,) = k_vjp(dy)
+    return x_vjp(dy)[0], dk.astype(kernel.dtype)
+
+
+mixed_conv.defvjp(_mixed_fwd, _mixed_bwd)
+
+
+def patch_kernel_grad(x, dy, shape, strides, padding, dilation) -> jax.Array:
+    """The gradient of a conv's HWIO kernel as one matrix product ``patches^T dy``.
+
+    The patches are gathered channel-major, ``(kh * kw * in, N * oh * ow)``, from the
+    transposed input, so the product needs no transposed copy of anything big.
+    """
+    kh, kw, cin, cout = shape
+    n, h, w, _ = x.shape
+    xt = jnp.transpose(x, (3, 0, 1, 2)).reshape(cin * n, h, w, 1)
+    views = _windows(xt, (kh, kw), strides, dilation, padding)  # kh*kw of (cin*n, oh, ow, 1)
+    patches = jnp.stack(views).reshape(kh * kw * cin, -1)
+    return jnp.matmul(patches, dy.reshape(-1, cout)).reshape(shape)
+
+
+def _pool_windows(x, window, strides, pads) -> list[jax.Array]:
+    (kh, kw), (sh, sw) = window, strides
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    return [x[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw]
+            for i in range(kh) for j in range(kw)]
+
+
+def xla_max_pool(x, window, strides, pads) -> jax.Array:
+    """Max pooling by ``lax.reduce_window`` (padding with -inf), the reference."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
+                                 ((0, 0), *pads, (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def shift_max_pool(x, window, strides, pads) -> jax.Array:
+    """Max pooling whose gradient is computed from shifted views of the input."""
+    return xla_max_pool(x, window, strides, pads)
+
+
+def _max_pool_fwd(x, window, strides, pads):
+    y = xla_max_pool(x, window, strides, pads)
+    return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, pads, res, dy):
+    x, y = res
+    views, unwindow = jax.vjp(lambda x: _pool_windows(x, window, strides, pads), x)
+    taken = jnp.zeros(y.shape, bool)
+    cts = []
+    for v in views:  # row-major window order: the first maximum takes the gradient
+        first = (v == y) & ~taken
+        taken = taken | first
+        cts.append(jnp.where(first, dy, jnp.zeros_like(dy)))
+    return unwindow(cts)
+
+
+shift_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int],
+             padding: Padding = "VALID", impl: str | None = None) -> jax.Array:
+    """Max pooling (padding with -inf, 'SAME' as TensorFlow) in the backend's formulation."""
+    window, strides = _pair(window), _pair(strides)
+    pads = explicit_pads(x.shape[1:3], window, strides, (1, 1), normalize_padding(padding))
+    if formulation("maxpool", impl) == "matmul":
+        return shift_max_pool(x, window, strides, pads)
+    return xla_max_pool(x, window, strides, pads)
 
 
 def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
@@ -242,8 +388,11 @@ class Conv(nn.Module):
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         kind = "pointwise" if (kh, kw) == (1, 1) else "spatial"
-        if formulation(kind, self.impl) == "matmul":
+        form = formulation(kind, self.impl)
+        if form == "matmul":
             y = matmul_conv(x, kernel, strides, padding, dilation)
+        elif form == "mixed":
+            y = mixed_conv(x, kernel, strides, padding, dilation)
         else:
             y = xla_conv(x, kernel, strides, padding, dilation)
         return y if bias is None else y + bias

@@ -31,6 +31,7 @@ from zoo.conv import (  # noqa: F401  (re-exported: every family uses layers.Con
     conv_init,
     formulation,
 )
+from zoo.conv import max_pool as _max_pool
 from zoo.conv import normalize_padding as _padding
 
 
@@ -53,7 +54,10 @@ def pad(x: jax.Array, p: int | tuple[tuple[int, int], tuple[int, int]]) -> jax.A
 
 
 def max_pool(x, window: int, stride: int, padding: Padding = "VALID", ceil_mode: bool = False):
-    """Max pooling. ``ceil_mode`` follows PyTorch (a last, partial window is kept)."""
+    """Max pooling. ``ceil_mode`` follows PyTorch (a last, partial window is kept).
+
+    The backend's formulation (:func:`zoo.conv.max_pool`): on CPU its gradient is computed
+    from shifted views, not by XLA's select-and-scatter."""
     pads = _padding(padding)
     if ceil_mode:
         if isinstance(pads, str):
@@ -62,7 +66,7 @@ def max_pool(x, window: int, stride: int, padding: Padding = "VALID", ceil_mode:
             (lo, hi + _ceil_extra(size, window, stride, lo, hi))
             for size, (lo, hi) in zip(x.shape[1:3], pads, strict=True)
         )
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    return _max_pool(x, window, stride, pads)
 
 
 def _ceil_extra(size: int, k: int, s: int, lo: int, hi: int) -> int:
