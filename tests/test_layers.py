@@ -87,3 +87,38 @@ def test_pooling_matches_torch(size):
 def test_global_pool_rejects_unknown_kind():
     with pytest.raises(ValueError, match="pooling must be"):
         layers.global_pool(jnp.ones((1, 2, 2, 3)), "median")
+
+
+@pytest.mark.parametrize("scale, dtype", [(True, jnp.float32), (False, jnp.float32),
+                                          (True, jnp.bfloat16)])
+def test_batch_norm_training_equals_flax(scale, dtype):
+    """Our BatchNorm's hand-written training gradient: Flax's numbers (outputs, running
+    statistics, gradients wrt input, scale and bias), in float32 and bfloat16."""
+    from flax import linen as nn
+
+    x = (3 + 2 * jax.random.normal(jax.random.PRNGKey(0), (4, 5, 6, 7))).astype(dtype)
+    kw = dict(epsilon=1e-3, momentum=0.9, use_scale=scale, dtype=dtype)
+    ours, ref = layers.BatchNorm(**kw), nn.BatchNorm(use_fast_variance=False, **kw)
+    v = ref.init(jax.random.PRNGKey(1), x, use_running_average=True)
+    assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x, use_running_average=False)) \
+        == jax.tree.structure(v)
+    v = {"params": jax.tree.map(lambda a: a + 0.5, v["params"]), "batch_stats": v["batch_stats"]}
+    w = jnp.cos(jnp.arange(x.size, dtype=jnp.float32).reshape(x.shape))
+
+    def run(mod):
+        def loss(params, x):
+            y, upd = mod.apply({**v, "params": params}, x, use_running_average=False,
+                               mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w), (y, upd)
+        return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(v["params"], x)
+
+    (l1, (y1, s1)), g1 = run(ours)
+    (l2, (y2, s2)), g2 = run(ref)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    assert y1.dtype == y2.dtype == dtype
+    for a, b in zip(jax.tree.leaves((y1, s1, g1)), jax.tree.leaves((y2, s2, g2)), strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   rtol=tol, atol=tol)
+    # inference mode is Flax's own code
+    np.testing.assert_array_equal(ours.apply(v, x, use_running_average=True),
+                                  ref.apply(v, x, use_running_average=True))

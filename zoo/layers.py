@@ -13,6 +13,7 @@ inference mode by intercepting the call, without the models knowing about freezi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -35,13 +36,83 @@ from zoo.conv import max_pool as _max_pool
 from zoo.conv import normalize_padding as _padding
 
 
+def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and (biased, two-pass) variance over N, H, W, in float32 or wider."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    return mean, jnp.mean(jnp.square(x - mean), axes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize_batch(x, scale, bias, epsilon: float):
+    """Training-mode batch normalisation over all axes but the last: ``(y, mean, var)``.
+
+    The same numbers as :class:`flax.linen.BatchNorm` (two-pass variance), with a
+    hand-written gradient: two reductions and one elementwise pass, where autodiff of the
+    forward formula makes XLA:CPU read the activations several more times.
+    """
+    mean, var = _moments(x)
+    y = (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+    return y, mean, var
+
+
+def _normalize_fwd(x, scale, bias, epsilon):
+    y, mean, var = normalize_batch(x, scale, bias, epsilon)
+    return (y, mean, var), (x, mean, jax.lax.rsqrt(var + epsilon), scale, bias)
+
+
+def _normalize_bwd(epsilon, res, cts):
+    x, mean, rstd, scale, bias = res
+    dy, dmean, dvar = cts
+    n = x.size // x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    xc = x.astype(mean.dtype) - mean
+    dy32 = dy.astype(mean.dtype)
+    dbias = jnp.sum(dy32, axes)
+    dscale = jnp.sum(dy32 * xc, axes) * rstd  # sum(dy * xhat)
+    dx = (scale * rstd) * (dy32 - (dbias + xc * rstd * dscale) / n)
+    dx = dx + (dmean + 2 * dvar * xc) / n  # the batch statistics' own cotangents
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+normalize_batch.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+class BatchNorm(nn.BatchNorm):
+    """:class:`flax.linen.BatchNorm` (same variables, same numbers) whose training-mode
+    pass has a hand-written gradient (:func:`normalize_batch`); the feature axis is the
+    last. Inference mode, masks and cross-device ``axis_name`` use Flax's own code."""
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average)
+        if use_running_average or mask is not None or self.axis_name is not None or (
+                self.axis not in (-1, x.ndim - 1)):
+            return super().__call__(x, use_running_average, mask=mask)
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
+        scale = (self.param("scale", self.scale_init, (c,), self.param_dtype)
+                 if self.use_scale else jnp.ones((c,), jnp.float32))
+        bias = (self.param("bias", self.bias_init, (c,), self.param_dtype)
+                if self.use_bias else jnp.zeros((c,), jnp.float32))
+        y, mean, var = normalize_batch(x, scale, bias, self.epsilon)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        args = [x] + ([scale] if self.use_scale else []) + ([bias] if self.use_bias else [])
+        return y.astype(nn.dtypes.canonicalize_dtype(*args, dtype=self.dtype))
+
+
 def batch_norm(*, epsilon: float, momentum: float, dtype: Any, name: str, scale: bool = True):
     """BatchNorm with explicit epsilon and momentum (Keras meaning of momentum).
 
     Call it as ``bn(x, use_running_average=not train)``. PyTorch momentum ``m`` is
     Flax/Keras momentum ``1 - m``.
     """
-    return nn.BatchNorm(
+    return BatchNorm(
         epsilon=epsilon, momentum=momentum, dtype=dtype, use_scale=scale, name=name,
         use_fast_variance=False,
     )
