@@ -103,6 +103,18 @@ def test_mixed_conv_equals_xla(stride, dilation, padding, size, kernel, cin):
                          lambda w, x: conv.xla_conv(x, w, s, pads, d), w, x)
 
 
+@pytest.mark.parametrize("limit", [1, 2000])
+def test_mixed_conv_kernel_gradient_in_chunks_of_images(monkeypatch, limit):
+    """A patch matrix above PATCH_GRAD_MAX_SIZE is built per chunk of images: 1 image per
+    chunk (limit 1) or 2 of 4 (limit 2000: 36 * 2 * 7 * 8 = 4032 elements for 4 images)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 7, 8, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 6))
+    monkeypatch.setattr(conv, "PATCH_GRAD_MAX_SIZE", limit)
+    s, pads = (1, 1), conv.normalize_padding("SAME")
+    assert_same_function(lambda w, x: conv.mixed_conv(x, w, s, pads),
+                         lambda w, x: conv.xla_conv(x, w, s, pads), w, x)
+
+
 @pytest.mark.parametrize("window, stride, padding", [
     (3, 2, "SAME"), (3, 2, "VALID"), (2, 2, "SAME"), (3, 1, "SAME"), (2, 1, ((0, 1), (0, 1))),
     (3, 2, ((1, 1), (1, 1)))])

@@ -209,8 +209,11 @@ pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 # kh * kw * in_channels up to which the "mixed" formulation computes the kernel gradient
 # as a matrix product over patches (measured: 1.5-2x faster than XLA:CPU's kernel-gradient
-# convolution up to 3x3x64, slower from 3x3x128 on; BENCHMARKS.md)
+# convolution up to 3x3x64, slower from 3x3x128 on; BENCHMARKS.md), and the largest
+# patch matrix it builds at once (elements; 64M = 256 MB in float32): a bigger batch is
+# done in chunks of images (Xception's second conv at batch 32: 199M, 4 chunks)
 PATCH_GRAD_MAX_DEPTH = 576
+PATCH_GRAD_MAX_SIZE = 64 * 2**20
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -245,11 +248,22 @@ def patch_kernel_grad(x, dy, shape, strides, padding, dilation) -> jax.Array:
     transposed input, so the product needs no transposed copy of anything big.
     """
     kh, kw, cin, cout = shape
-    n, h, w, _ = x.shape
-    xt = jnp.transpose(x, (3, 0, 1, 2)).reshape(cin * n, h, w, 1)
-    views = _windows(xt, (kh, kw), strides, dilation, padding)  # kh*kw of (cin*n, oh, ow, 1)
-    patches = jnp.stack(views).reshape(kh * kw * cin, -1)
-    return jnp.matmul(patches, dy.reshape(-1, cout)).reshape(shape)
+    n = x.shape[0]
+    size = kh * kw * cin * (dy.size // cout)
+    chunks = next(k for k in range(1, n + 1) if n % k == 0 and (size // k <= PATCH_GRAD_MAX_SIZE
+                                                                or k == n))
+
+    def grad(x, dy):
+        b, h, w, _ = x.shape
+        xt = jnp.transpose(x, (3, 0, 1, 2)).reshape(cin * b, h, w, 1)
+        views = _windows(xt, (kh, kw), strides, dilation, padding)  # kh*kw (cin*b, oh, ow, 1)
+        patches = jnp.stack(views).reshape(kh * kw * cin, -1)
+        return jnp.matmul(patches, dy.reshape(-1, cout))
+
+    if chunks == 1:
+        return grad(x, dy).reshape(shape)
+    split = lambda a: a.reshape(chunks, n // chunks, *a.shape[1:])  # noqa: E731
+    return jax.lax.map(lambda a: grad(*a), (split(x), split(dy))).sum(0).reshape(shape)
 
 
 def _pool_windows(x, window, strides, pads) -> list[jax.Array]:
@@ -332,24 +346,22 @@ def _shift_bwd(strides, padding, dilation, res, dy):
 def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     """d(loss)/d(kernel): per tap, the sum over batch and space of window * dy.
 
-    One tap at a time (``lax.map``): XLA:CPU materialises a reduction's sliced input,
-    and all kh*kw windows at once cost kh*kw activations of fresh memory (page faults).
+    One image at a time (``lax.map``), all kh*kw taps of it in one pass: an image's
+    windows stay in cache, where all images at once would make XLA:CPU materialise
+    kh*kw activation-sized slices (measured 1.0-2x faster than one tap at a time).
     """
     kh, kw, c, m = kernel.shape
-    (sh, sw), (dh, dw) = strides, dilation
     pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    oh, ow = dy.shape[1:3]
 
-    def tap(t):
-        start = (0, (t // kw) * dh, (t % kw) * dw, 0)
-        v = jax.lax.dynamic_slice(xp, start, (xp.shape[0], (oh - 1) * sh + 1,
-                                              (ow - 1) * sw + 1, c))[:, ::sh, ::sw]
+    def image(args):
+        xi, dyi = args
+        views = _windows(xi[None], (kh, kw), strides, dilation, ((0, 0), (0, 0)))
         if m > 1:  # channels stay the minor axis: a size-m minor axis reduces slowly
-            v = jnp.repeat(v, m, axis=-1)
-        return jnp.sum(v * dy, axis=(0, 1, 2), dtype=jnp.float32)
+            views = [jnp.repeat(v, m, axis=-1) for v in views]
+        return jnp.stack([jnp.sum(v[0] * dyi, axis=(0, 1), dtype=jnp.float32) for v in views])
 
-    grad = jax.lax.map(tap, jnp.arange(kh * kw))
+    grad = jax.lax.map(image, (xp, dy)).sum(0)
     return grad.reshape(kernel.shape).astype(kernel.dtype)
 
 
