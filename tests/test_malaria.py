@@ -55,6 +55,8 @@ def test_malaria_recipe_reduced(tmp_path):
 
 
 def test_malaria_scratch_reduced(tmp_path):
-    config = _reduced(malaria_scratch.get_config(), epochs=3)
+    # 6 epochs: measured 0.81 / 0.86 / 0.89 with seeds 0 / 1 / 2 (120 test images); at 3
+    # epochs the seeds spread over 0.61-0.75 and float32 rounding decided the side of 0.7
+    config = _reduced(malaria_scratch.get_config(), epochs=6)
     report = loop.train_and_evaluate(config, str(tmp_path))
-    assert report["accuracy"] > 0.7, report  # measured 0.775 (120 test images)
+    assert report["accuracy"] > 0.7, report

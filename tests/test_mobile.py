@@ -92,7 +92,7 @@ def test_conv_matmul_equals_xla(stride, dilation, padding, size, kernel):
 
 
 @pytest.mark.parametrize("stride, dilation, padding, size, kernel, cin",
-                         latin(STRIDES_DILATIONS, PADDINGS, [(7, 3, 4), (9, 7, 3), (8, 3, 65)]))
+                         latin(STRIDES_DILATIONS, PADDINGS, [(7, 3, 4), (9, 5, 3), (8, 3, 65)]))
 def test_mixed_conv_equals_xla(stride, dilation, padding, size, kernel, cin):
     """XLA's conv with the kernel gradient over patches (kh*kw*cin <= 576) or XLA's (above)."""
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, cin))
