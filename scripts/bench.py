@@ -58,8 +58,8 @@ def _time(fn, warmup: int, repeats: int) -> float:
 # ------------------------------------------------------------------ workers
 
 
-def bench_ours(name: str, batch: int, warmup: int, repeats: int, modes=("infer", "train")):
-    """The zoo model under jax.jit: inference and one SGD step."""
+def ours_functions(name: str, batch: int):
+    """The zoo model's jitted inference and SGD step, and their arguments (random data)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -87,13 +87,21 @@ def bench_ours(name: str, batch: int, warmup: int, repeats: int, modes=("infer",
         (value, s), g = jax.value_and_grad(loss, has_aux=True)(p)
         return jax.tree.map(lambda a, b: a - 0.01 * b, p, g), s, value
 
+    return dict(infer=(infer, (params, stats, x)), train=(step, (params, stats, x, y)))
+
+
+def bench_ours(name: str, batch: int, warmup: int, repeats: int, modes=("infer", "train")):
+    """The zoo model under jax.jit: inference and one SGD step."""
+    fns = ours_functions(name, batch)
+    infer, infer_args = fns["infer"]
+    step, (params, stats, x, y) = fns["train"]
     state = [params, stats]
 
     def train():
         state[0], state[1], value = step(state[0], state[1], x, y)
         value.block_until_ready()
 
-    run = dict(infer=lambda: infer(params, stats, x).block_until_ready(), train=train)
+    run = dict(infer=lambda: infer(*infer_args).block_until_ready(), train=train)
     for mode in modes:
         yield mode, _time(run[mode], warmup, repeats)
 

@@ -1,0 +1,92 @@
+"""Where one jitted inference or training step of a zoo model spends its time, per XLA op.
+
+    python -m scripts.profile --model resnet50 [--mode train|infer] [--batch 32] [--top 25]
+        [--trace-dir DIR]
+
+Runs the step of ``scripts/bench.py`` (random data, SGD on cross-entropy) once to compile
+and warm up, then once under ``jax.profiler.trace`` (with a Perfetto trace), and prints the
+summed duration of every executed XLA thunk grouped by its kind (``ynn_fusion``,
+``transpose_copy_fusion``, ...) and by the JAX op it came from (``op_name`` in the compiled
+HLO, ``transpose(jvp(...))`` marking the backward pass), the largest first. On XLA:CPU
+independent thunks can run concurrently, so the sum can exceed the step's wall time.
+This is how the training-step formulations in BENCHMARKS.md were found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+
+from scripts.bench import ours_functions
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the JAX ``op_name`` it was lowered from."""
+    names = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = .*?op_name=\"([^\"]+)\"", line)
+        if m:
+            names[m.group(1)] = m.group(2)
+    return names
+
+
+def summarise(events: list[dict], names: dict[str, str], top: int) -> list[tuple]:
+    """(ms, count, thunk kind, op name) rows: durations summed per kind and op name."""
+    skip = ("ThunkExecutor", "$", "SlinkyThreadPool", "PjitFunction", "end: ")
+    rows = collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("ph") != "X" or e["name"].startswith(skip) or e["name"] not in names:
+            continue
+        kind = re.sub(r"\.\d+$", "", e["name"])
+        op = re.sub(r"\d+", "#", names[e["name"]])  # block3/conv2 and block4/conv2 together
+        rows[(kind, op)][0] += e.get("dur", 0) / 1e3
+        rows[(kind, op)][1] += 1
+    out = [(ms, n, kind, op) for (kind, op), (ms, n) in rows.items()]
+    return sorted(out, reverse=True)[:top]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--trace-dir", default=None,
+                        help="keep the trace here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    fn, fn_args = ours_functions(args.model, args.batch)[args.mode]
+    compiled = fn.lower(*fn_args).compile()
+    names = op_names(compiled.as_text())
+    jax.block_until_ready(compiled(*fn_args))
+    t = time.perf_counter()
+    jax.block_until_ready(compiled(*fn_args))
+    wall = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        trace_dir = args.trace_dir or tmp
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            jax.block_until_ready(compiled(*fn_args))
+        files = glob.glob(os.path.join(trace_dir, "**", "*.json.gz"), recursive=True)
+        if not files:
+            raise SystemExit(f"no Perfetto trace was written under {trace_dir}")
+        with gzip.open(max(files, key=os.path.getmtime)) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    rows = summarise(events, names, args.top)
+    print(f"{args.model} {args.mode}, batch {args.batch}: step {wall * 1e3:.0f} ms (untraced)")
+    print(f"{'ms':>9} {'count':>5}  {'thunk kind':28s} op")
+    for ms, n, kind, op in rows:
+        print(f"{ms:9.1f} {n:5d}  {kind[:28]:28s} {op[-100:]}")
+
+
+if __name__ == "__main__":
+    main()
