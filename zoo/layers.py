@@ -80,9 +80,12 @@ normalize_batch.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 class BatchNorm(nn.BatchNorm):
-    """:class:`flax.linen.BatchNorm` (same variables, same numbers) whose training-mode
-    pass has a hand-written gradient (:func:`normalize_batch`); the feature axis is the
-    last. Inference mode, masks and cross-device ``axis_name`` use Flax's own code."""
+    """:class:`flax.linen.BatchNorm` (same variables; the numbers of
+    ``use_fast_variance=False``) whose training-mode pass has a hand-written gradient
+    (:func:`normalize_batch`) for the last feature axis. Inference mode, masks,
+    cross-device ``axis_name`` and other axes use Flax's own code. Being a custom VJP,
+    the training-mode pass supports reverse-mode differentiation only (``jax.grad``,
+    not ``jax.jvp``), as the zoo's other custom-gradient layers."""
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
