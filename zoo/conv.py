@@ -140,12 +140,14 @@ def explicit_pads(size: Sequence[int], kernel: Sequence[int], strides: Sequence[
     return tuple(pads)  # type: ignore[return-value]
 
 
-def _windows(x: jax.Array, kernel, strides, dilation, padding) -> list[jax.Array]:
-    """The kh*kw shifted (strided) views of padded ``x`` that a kxk convolution combines."""
+def _windows(x: jax.Array, kernel, strides, dilation, padding,
+             pad_value: float = 0.0) -> list[jax.Array]:
+    """The kh*kw shifted (strided) views of padded ``x`` that a kxk window op combines
+    (padded with zeros for a convolution, ``-inf`` for max pooling)."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
     pads = explicit_pads(x.shape[1:3], kernel, strides, dilation, padding)
     if any(pads[0] + pads[1]):
-        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
     oh = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
     ow = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
     if oh < 1 or ow < 1:
@@ -216,29 +218,43 @@ PATCH_GRAD_MAX_DEPTH = 576
 PATCH_GRAD_MAX_SIZE = 64 * 2**20
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
-    """XLA's convolution, with the kernel gradient over patches for few input channels."""
-    return xla_conv(x, kernel, strides, padding, dilation)
+def _with_kernel_grad(forward, kernel_grad, name: str, doc: str):
+    """A convolution ``f(x, kernel, strides, padding, dilation=(1, 1))`` computed by
+    ``forward``, whose input gradient is autodiff of ``forward`` and whose kernel gradient
+    is ``kernel_grad(x, dy, kernel, strides, padding, dilation)`` (a custom VJP)."""
+
+    def conv(x, kernel, strides, padding, dilation=(1, 1)):
+        return forward(x, kernel, strides, padding, dilation)
+
+    conv.__name__ = conv.__qualname__ = name
+    conv.__doc__ = doc
+    conv = jax.custom_vjp(conv, nondiff_argnums=(2, 3, 4))
+
+    def fwd(x, kernel, strides, padding, dilation):
+        return forward(x, kernel, strides, padding, dilation), (x, kernel)
+
+    def bwd(strides, padding, dilation, res, dy):
+        x, kernel = res
+        _, x_vjp = jax.vjp(lambda x: forward(x, kernel, strides, padding, dilation), x)
+        dk = kernel_grad(x, dy, kernel, strides, padding, dilation)
+        return x_vjp(dy)[0], dk.astype(kernel.dtype)
+
+    conv.defvjp(fwd, bwd)
+    return conv
 
 
-def _mixed_fwd(x, kernel, strides, padding, dilation):
-    return xla_conv(x, kernel, strides, padding, dilation), (x, kernel)
-
-
-def _mixed_bwd(strides, padding, dilation, res, dy):
-    x, kernel = res
-    _, x_vjp = jax.vjp(lambda x: xla_conv(x, kernel, strides, padding, dilation), x)
-    kh, kw, cin, cout = kernel.shape
+def _mixed_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
+    """Over patches for few input channels (:func:`patch_kernel_grad`), else XLA's."""
+    kh, kw, cin, _ = kernel.shape
     if kh * kw * cin <= PATCH_GRAD_MAX_DEPTH:
-        dk = patch_kernel_grad(x, dy, kernel.shape, strides, padding, dilation)
-    else:
-        _, k_vjp = jax.vjp(lambda k: xla_conv(x, k, strides, padding, dilation), kernel)
-        (dk,) = k_vjp(dy)
-    return x_vjp(dy)[0], dk.astype(kernel.dtype)
+        return patch_kernel_grad(x, dy, kernel.shape, strides, padding, dilation)
+    _, k_vjp = jax.vjp(lambda k: xla_conv(x, k, strides, padding, dilation), kernel)
+    return k_vjp(dy)[0]
 
 
-mixed_conv.defvjp(_mixed_fwd, _mixed_bwd)
+mixed_conv = _with_kernel_grad(
+    xla_conv, _mixed_kernel_grad, "mixed_conv",
+    "XLA's convolution, with the kernel gradient over patches for few input channels.")
 
 
 def patch_kernel_grad(x, dy, shape, strides, padding, dilation) -> jax.Array:
@@ -266,14 +282,6 @@ def patch_kernel_grad(x, dy, shape, strides, padding, dilation) -> jax.Array:
     return jax.lax.map(lambda a: grad(*a), (split(x), split(dy))).sum(0).reshape(shape)
 
 
-def _pool_windows(x, window, strides, pads) -> list[jax.Array]:
-    (kh, kw), (sh, sw) = window, strides
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-    return [x[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw]
-            for i in range(kh) for j in range(kw)]
-
-
 def xla_max_pool(x, window, strides, pads) -> jax.Array:
     """Max pooling by ``lax.reduce_window`` (padding with -inf), the reference."""
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
@@ -293,7 +301,8 @@ def _max_pool_fwd(x, window, strides, pads):
 
 def _max_pool_bwd(window, strides, pads, res, dy):
     x, y = res
-    views, unwindow = jax.vjp(lambda x: _pool_windows(x, window, strides, pads), x)
+    views, unwindow = jax.vjp(
+        lambda x: _windows(x, window, strides, (1, 1), pads, -jnp.inf), x)
     taken = jnp.zeros(y.shape, bool)
     cts = []
     for v in views:  # row-major window order: the first maximum takes the gradient
@@ -327,22 +336,6 @@ def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
     return y.reshape(*y.shape[:3], c * m)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def shift_depthwise(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
-    """A depthwise convolution as kh*kw shifted multiply-adds (kernel ``(kh, kw, C, M)``)."""
-    return _shift_forward(x, kernel, strides, padding, dilation)
-
-
-def _shift_fwd(x, kernel, strides, padding, dilation):
-    return _shift_forward(x, kernel, strides, padding, dilation), (x, kernel)
-
-
-def _shift_bwd(strides, padding, dilation, res, dy):
-    x, kernel = res
-    _, x_vjp = jax.vjp(lambda x: _shift_forward(x, kernel, strides, padding, dilation), x)
-    return x_vjp(dy)[0], _shift_kernel_grad(x, dy, kernel, strides, padding, dilation)
-
-
 def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     """d(loss)/d(kernel): per tap, the sum over batch and space of window * dy.
 
@@ -365,7 +358,9 @@ def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     return grad.reshape(kernel.shape).astype(kernel.dtype)
 
 
-shift_depthwise.defvjp(_shift_fwd, _shift_bwd)
+shift_depthwise = _with_kernel_grad(
+    _shift_forward, _shift_kernel_grad, "shift_depthwise",
+    "A depthwise convolution as kh*kw shifted multiply-adds (kernel ``(kh, kw, C, M)``).")
 
 
 class Conv(nn.Module):
