@@ -252,9 +252,78 @@ def _mixed_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     return k_vjp(dy)[0]
 
 
-mixed_conv = _with_kernel_grad(
-    xla_conv, _mixed_kernel_grad, "mixed_conv",
+_patch_grad_conv = _with_kernel_grad(
+    xla_conv, _mixed_kernel_grad, "patch_grad_conv",
     "XLA's convolution, with the kernel gradient over patches for few input channels.")
+
+# A stride-1 convolution with at most in / TAP_GRAD_RATIO outputs takes its gradients from
+# the output taps (:func:`tap_conv`), and with at most in / TAP_FORWARD_RATIO outputs its
+# forward pass too (measured per layer, BENCHMARKS.md: DenseNet's 3x3 128 -> 32 gradients
+# 2x faster, its forward 10-40%; at ratio 2 the forward can lose)
+TAP_GRAD_RATIO = 2
+TAP_FORWARD_RATIO = 4
+
+
+def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """The ``mixed`` formulation of a kxk convolution on CPU: :func:`tap_conv` for a
+    stride-1 convolution with few outputs, else XLA's convolution with the kernel gradient
+    over patches for few input channels (:func:`patch_kernel_grad`)."""
+    kh, kw, cin, cout = kernel.shape
+    if tuple(strides) == (1, 1) and tuple(dilation) == (1, 1) and cout * TAP_GRAD_RATIO <= cin:
+        pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
+        return tap_conv(x, kernel, pads, cout * TAP_FORWARD_RATIO <= cin)
+    return _patch_grad_conv(x, kernel, strides, padding, dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def tap_conv(x: jax.Array, kernel: jax.Array, pads: Pads, tap_forward: bool) -> jax.Array:
+    """A stride-1 convolution (explicit ``pads``) computed from its kh*kw output taps.
+
+    Forward (``tap_forward``, else XLA's): one matrix product to ``kh * kw * out``
+    channels, then kh*kw shifted adds. Gradients: the kh*kw shifted views of ``dy`` are
+    gathered into ``g (N, H, W, kh * kw * out)`` (an im2col of the output gradient, small
+    when ``out`` is), then ``dx = g W'`` and ``dkernel = x^T g``, two matrix products.
+    """
+    if tap_forward:
+        return _tap_forward(x, kernel, pads)
+    return xla_conv(x, kernel, (1, 1), pads)
+
+
+def _tap_forward(x, kernel, pads) -> jax.Array:
+    kh, kw, cin, cout = kernel.shape
+    w = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin, kh * kw * cout)
+    z = jnp.einsum("nhwc,cd->nhwd", x, w).reshape(*x.shape[:3], kh * kw, cout)
+    z = jnp.pad(z, ((0, 0), *pads, (0, 0), (0, 0)))
+    oh, ow = z.shape[1] - kh + 1, z.shape[2] - kw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"input {x.shape[1:3]} (padded) is smaller than the kernel {(kh, kw)}")
+    return functools.reduce(jnp.add, (z[:, i : i + oh, j : j + ow, i * kw + j]
+                                      for i in range(kh) for j in range(kw)))
+
+
+def _tap_conv_fwd(x, kernel, pads, tap_forward):
+    return tap_conv(x, kernel, pads, tap_forward), (x, kernel)
+
+
+def _tap_conv_bwd(pads, tap_forward, res, dy):
+    x, kernel = res
+    kh, kw, cin, cout = kernel.shape
+    h, w = x.shape[1:3]
+    (top, bottom), (left, right) = pads
+    # dy padded to h + kh - 1 rows (negative padding crops outputs that see only padding)
+    dyp = jax.lax.pad(dy, jnp.zeros((), dy.dtype), (
+        (0, 0, 0), (kh - 1 - top, kh - 1 - bottom, 0), (kw - 1 - left, kw - 1 - right, 0),
+        (0, 0, 0)))
+    g = jnp.stack([dyp[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w]
+                   for i in range(kh) for j in range(kw)], axis=3)
+    g = g.reshape(*g.shape[:3], kh * kw * cout)
+    wt = jnp.transpose(kernel.reshape(kh * kw, cin, cout), (0, 2, 1)).reshape(-1, cin)
+    dx = jnp.einsum("nhwd,dc->nhwc", g, wt)
+    dk = weight_grad(x, g).reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
 
 
 def patch_kernel_grad(x, dy, shape, strides, padding, dilation) -> jax.Array:
