@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference as R
+from flax import linen as nn
 
 from zoo import layers
 
@@ -82,6 +83,24 @@ def test_pooling_matches_torch(size):
     for out in (1, 5, 6, 7):
         np.testing.assert_allclose(layers.adaptive_avg_pool(x, out),
                                    to_nhwc(F.adaptive_avg_pool2d(t, out)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("window, stride, padding", [(2, 2, "VALID"), (3, 3, "VALID"),
+                                                     (2, 2, "SAME"), (3, 2, "VALID")])
+@pytest.mark.parametrize("size", [7, 8])
+def test_avg_pool_equals_flax(window, stride, padding, size):
+    """Non-overlapping windows take a reshape (odd sizes drop the last row, as 'VALID')."""
+    x = jax.random.normal(jax.random.PRNGKey(size), (2, size, size + 1, 3))
+
+    def pooled(f, x):
+        return f(x), jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
+
+    ours = pooled(lambda x: layers.avg_pool(x, window, stride, padding), x)
+    ref = pooled(lambda x: nn.avg_pool(x, (window, window), (stride, stride), padding), x)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="smaller than the pooling window"):
+        layers.avg_pool(x[:, :1], 2, 2)
 
 
 def test_global_pool_rejects_unknown_kind():

@@ -153,7 +153,22 @@ def _ceil_extra(size: int, k: int, s: int, lo: int, hi: int) -> int:
 
 
 def avg_pool(x, window: int, stride: int, padding: Padding = "VALID") -> jax.Array:
-    return nn.avg_pool(x, (window, window), strides=(stride, stride), padding=_padding(padding))
+    """Average pooling (padded cells count in the average, as Keras and ``nn.avg_pool``).
+
+    Non-overlapping 'VALID' windows (``window == stride``) are a sum of strided slices:
+    3x faster than XLA:CPU's ``reduce_window`` or a reshape and mean (DenseNet's
+    transitions, BENCHMARKS.md).
+    """
+    pads = _padding(padding)
+    if window == stride and pads == "VALID":
+        h, w = x.shape[1:3]
+        oh, ow = h // stride, w // stride
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {(h, w)} is smaller than the pooling window {window}")
+        views = (x[:, i : i + oh * stride : stride, j : j + ow * stride : stride]
+                 for i in range(window) for j in range(window))
+        return functools.reduce(jnp.add, views) / window**2
+    return nn.avg_pool(x, (window, window), strides=(stride, stride), padding=pads)
 
 
 def adaptive_avg_pool(x: jax.Array, out_size: int | tuple[int, int]) -> jax.Array:
