@@ -212,10 +212,12 @@ pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 # kh * kw * in_channels up to which the "mixed" formulation computes the kernel gradient
 # as a matrix product over patches (measured: 1.5-2x faster than XLA:CPU's kernel-gradient
 # convolution up to 3x3x64, slower from 3x3x128 on; BENCHMARKS.md), and the largest
-# patch matrix it builds at once (elements; 64M = 256 MB in float32): a bigger batch is
-# done in chunks of images (Xception's second conv at batch 32: 199M, 4 chunks)
+# patch matrix it builds at once (elements; 16M = 64 MB in float32): a bigger batch is
+# done in chunks of images (a 7x7x3 stem at batch 32: 59M, 4 chunks; Xception's second
+# conv: 199M, 16 chunks). One product over a 59M-element patch matrix ran at 18 GFLOP/s
+# inside a DenseNet121 step (45 ms alone, 415 ms there); 4 chunks took 58 ms.
 PATCH_GRAD_MAX_DEPTH = 576
-PATCH_GRAD_MAX_SIZE = 64 * 2**20
+PATCH_GRAD_MAX_SIZE = 16 * 2**20
 
 
 def _with_kernel_grad(forward, kernel_grad, name: str, doc: str):
