@@ -1,6 +1,6 @@
 """Time inference and one SGD training step: the zoo vs Keras applications on JAX and TensorFlow.
 
-    python -m scripts.bench [--models resnet50,mobilenet,...] [--batch 32]
+    python -m scripts.bench [--models resnet50,mobilenet,...] [--batch 32] [--rounds 3]
         [--tf-python /path/to/python-with-tensorflow] [--json bench.json] [--markdown bench.md]
     python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.conv)
 
@@ -11,7 +11,9 @@ extra, or pass ``--tf-python``). All use float32, random data, batch 32, 224 px 
 for Xception). Inference is a forward pass in inference mode; a training step is a
 forward and backward pass in training mode (batch statistics), softmax cross-entropy on
 integer labels and a plain SGD update. Times are the median of ``--repeats`` runs after
-``--warmup`` runs (compilation excluded). GFLOP/s counts 2 FLOPs per multiply-add of the
+``--warmup`` runs (compilation excluded); with ``--rounds N`` the frameworks run in turn
+N times and each reports the median of its rounds, so a drift of the machine's speed
+over minutes (BENCHMARKS.md) hits every framework alike. GFLOP/s counts 2 FLOPs per multiply-add of the
 conv and dense layers (from the zoo's model, shapes only); a training step counts 3x
 the forward FLOPs.
 """
@@ -285,6 +287,31 @@ def run_worker(framework: str, python: str, args, models: list[str]) -> dict:
     return result
 
 
+def merge_rounds(runs: list[dict]) -> dict:
+    """One framework's results over several rounds: per model and mode the median of the
+    rounds' times (each itself a median of repeats); every round's times kept in
+    ``rounds``. A model skipped or failed in every round keeps the first round's entry."""
+    merged = {"version": runs[0].get("version"), "models": {}, "rounds": runs}
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors and len(errors) == len(runs) and not any(r.get("models") for r in runs):
+        return {"error": errors[0], "rounds": runs}
+    for run in runs:
+        for name, entry in run.get("models", {}).items():
+            slot = merged["models"].setdefault(name, {})
+            for mode, value in entry.items():
+                if isinstance(value, float):
+                    slot.setdefault(mode, []).append(value)
+                else:
+                    slot.setdefault(mode, value)
+    for entry in merged["models"].values():
+        for mode, value in entry.items():
+            if isinstance(value, list):
+                entry[mode] = statistics.median(value)
+    if errors:
+        merged["error"] = errors[0]
+    return merged
+
+
 def table(results: dict, flops: dict, batch: int) -> str:
     """Markdown: img/s and GFLOP/s per framework and mode, and our speed-up ratios."""
     fws = [f for f in FRAMEWORKS if f in results and "models" in results[f]]
@@ -319,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default="infer,train", help="infer, train or both")
     parser.add_argument("--hugepages", action="store_true",
                         help="run every framework with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the frameworks this many times in turn and report each "
+                             "one's median over the rounds (the machine's speed drifts)")
     parser.add_argument("--tf-python", default=None,
                         help="an interpreter with tensorflow and keras for the keras-tf column")
     parser.add_argument("--json", default=None, help="write all results here")
@@ -342,21 +372,27 @@ def main(argv: list[str] | None = None) -> None:
 
     known = set(zoo.list_models())
     flops = {m: (model_flops(m) if m in known else float("nan")) for m in models}
-    results, notes = {}, []
+    results, notes, pythons = {}, [], {}
     for fw in args.frameworks.split(","):
-        python = sys.executable
+        pythons[fw] = sys.executable
         if fw == "keras-tf":
-            python = find_tf_python(args.tf_python)
-            if python is None:
+            pythons[fw] = find_tf_python(args.tf_python)
+            if pythons[fw] is None:
+                del pythons[fw]
                 notes.append("keras-tf skipped: TensorFlow is not installed (install the "
                              "`bench` extra or pass --tf-python)")
-                continue
-        print(f"{fw}:", file=sys.stderr, flush=True)
-        results[fw] = run_worker(fw, python, args, models)
-        if "error" in results[fw]:
-            notes.append(f"{fw}: {results[fw]['error']}")
+    runs = {fw: [] for fw in pythons}
+    for r in range(args.rounds):  # frameworks alternate: drift of the machine hits all
+        for fw, python in pythons.items():
+            print(f"{fw}:" + (f" round {r + 1}/{args.rounds}" if args.rounds > 1 else ""),
+                  file=sys.stderr, flush=True)
+            runs[fw].append(run_worker(fw, python, args, models))
+            if "error" in runs[fw][-1]:
+                notes.append(f"{fw} (round {r + 1}): {runs[fw][-1]['error']}")
+    results = {fw: merge_rounds(rs) for fw, rs in runs.items()}
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    meta = dict(batch=args.batch, repeats=args.repeats, hugepages=args.hugepages,
+    meta = dict(batch=args.batch, repeats=args.repeats, rounds=args.rounds,
+                hugepages=args.hugepages,
                 cpus=os.cpu_count(),
                 machine=platform.processor() or platform.machine(),
                 load_after=[round(x, 2) for x in load] if load else None,

@@ -14,11 +14,14 @@ the same numbers:
   forward and for the input gradient, and computes the kernel gradient as one matrix
   product over channel-major patches when the layer has few input channels
   (``kh * kw * in <= 576``: the stems, 3x3 convs on 64 channels), where XLA:CPU's
-  kernel-gradient convolution is 1.5-2x slower.
+  kernel-gradient convolution is 1.5-2x slower; a stride-1 conv with at most half as
+  many outputs as inputs takes its gradients (and with at most a quarter, its forward
+  pass) from its kh*kw output taps (:func:`tap_conv`).
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds. XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
-- ``maxpool``: ``matmul`` keeps XLA's forward pass and computes the gradient from k*k
-  shifted views (the first maximum of each window gets it, as XLA's select-and-scatter);
+- ``maxpool``: ``matmul`` keeps XLA's forward pass and computes the gradient from shifted
+  views, a row pass then a column pass (the first maximum of each window in row-major
+  order gets it, as XLA's select-and-scatter);
   XLA:CPU's own max-pool gradient (a reduce-window over indices, then a scatter) costs a
   ResNet50 training step 12%.
 
@@ -140,14 +143,12 @@ def explicit_pads(size: Sequence[int], kernel: Sequence[int], strides: Sequence[
     return tuple(pads)  # type: ignore[return-value]
 
 
-def _windows(x: jax.Array, kernel, strides, dilation, padding,
-             pad_value: float = 0.0) -> list[jax.Array]:
-    """The kh*kw shifted (strided) views of padded ``x`` that a kxk window op combines
-    (padded with zeros for a convolution, ``-inf`` for max pooling)."""
+def _windows(x: jax.Array, kernel, strides, dilation, padding) -> list[jax.Array]:
+    """The kh*kw shifted (strided) views of zero-padded ``x`` that a kxk conv combines."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
     pads = explicit_pads(x.shape[1:3], kernel, strides, dilation, padding)
     if any(pads[0] + pads[1]):
-        x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     oh = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
     ow = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
     if oh < 1 or ow < 1:
