@@ -13,9 +13,9 @@ forward and backward pass in training mode (batch statistics), softmax cross-ent
 integer labels and a plain SGD update. Times are the median of ``--repeats`` runs after
 ``--warmup`` runs (compilation excluded); with ``--rounds N`` the frameworks run in turn
 N times and each reports the median of its rounds, so a drift of the machine's speed
-over minutes (BENCHMARKS.md) hits every framework alike. GFLOP/s counts 2 FLOPs per multiply-add of the
-conv and dense layers (from the zoo's model, shapes only); a training step counts 3x
-the forward FLOPs.
+over minutes (BENCHMARKS.md) hits every framework alike. GFLOP/s counts 2 FLOPs per
+multiply-add of the conv and dense layers (from the zoo's model, shapes only); a training
+step counts 3x the forward FLOPs.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def _ceil_extra(size: int, k: int, s: int, lo: int, hi: int) -> int:
 
 
 def avg_pool(x, window: int, stride: int, padding: Padding = "VALID") -> jax.Array:
-    """Average pooling (padded cells count in the average, as Keras and ``nn.avg_pool``).
+    """Average pooling as ``flax.linen.avg_pool`` (with 'SAME', padded cells count).
 
     Non-overlapping 'VALID' windows (``window == stride``) are a sum of strided slices:
     3x faster than XLA:CPU's ``reduce_window`` or a reshape and mean (DenseNet's
