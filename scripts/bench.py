@@ -374,13 +374,12 @@ def main(argv: list[str] | None = None) -> None:
     flops = {m: (model_flops(m) if m in known else float("nan")) for m in models}
     results, notes, pythons = {}, [], {}
     for fw in args.frameworks.split(","):
-        pythons[fw] = sys.executable
-        if fw == "keras-tf":
-            pythons[fw] = find_tf_python(args.tf_python)
-            if pythons[fw] is None:
-                del pythons[fw]
-                notes.append("keras-tf skipped: TensorFlow is not installed (install the "
-                             "`bench` extra or pass --tf-python)")
+        python = find_tf_python(args.tf_python) if fw == "keras-tf" else sys.executable
+        if python is None:
+            notes.append("keras-tf skipped: TensorFlow is not installed (install the "
+                         "`bench` extra or pass --tf-python)")
+            continue
+        pythons[fw] = python
     runs = {fw: [] for fw in pythons}
     for r in range(args.rounds):  # frameworks alternate: drift of the machine hits all
         for fw, python in pythons.items():

@@ -295,13 +295,10 @@ def tap_conv(x: jax.Array, kernel: jax.Array, pads: Pads, tap_forward: bool) -> 
 def _tap_forward(x, kernel, pads) -> jax.Array:
     kh, kw, cin, cout = kernel.shape
     w = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin, kh * kw * cout)
-    z = jnp.einsum("nhwc,cd->nhwd", x, w).reshape(*x.shape[:3], kh * kw, cout)
-    z = jnp.pad(z, ((0, 0), *pads, (0, 0), (0, 0)))
-    oh, ow = z.shape[1] - kh + 1, z.shape[2] - kw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"input {x.shape[1:3]} (padded) is smaller than the kernel {(kh, kw)}")
-    return functools.reduce(jnp.add, (z[:, i : i + oh, j : j + ow, i * kw + j]
-                                      for i in range(kh) for j in range(kw)))
+    z = jnp.einsum("nhwc,cd->nhwd", x, w)  # tap t's products: channels t*cout ... +cout
+    views = _windows(z, (kh, kw), (1, 1), (1, 1), pads)
+    return functools.reduce(jnp.add, (v[..., t * cout : (t + 1) * cout]
+                                      for t, v in enumerate(views)))
 
 
 def _tap_conv_fwd(x, kernel, pads, tap_forward):

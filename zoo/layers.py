@@ -28,6 +28,7 @@ from zoo.conv import (  # noqa: F401  (re-exported: every family uses layers.Con
     Padding,
     SeparableConv,
     _pair,
+    _windows,
     conv_impl,
     conv_init,
     formulation,
@@ -165,8 +166,7 @@ def avg_pool(x, window: int, stride: int, padding: Padding = "VALID") -> jax.Arr
         oh, ow = h // stride, w // stride
         if oh < 1 or ow < 1:
             raise ValueError(f"input {(h, w)} is smaller than the pooling window {window}")
-        views = (x[:, i : i + oh * stride : stride, j : j + ow * stride : stride]
-                 for i in range(window) for j in range(window))
+        views = _windows(x, (window, window), (stride, stride), (1, 1), "VALID")
         return functools.reduce(jnp.add, views) / window**2
     return nn.avg_pool(x, (window, window), strides=(stride, stride), padding=pads)
 
