@@ -75,9 +75,10 @@ def ours_functions(name: str, batch: int):
     y = jnp.asarray(rng.integers(0, 1000, batch))
     variables = model.init(jax.random.PRNGKey(0), x[:1])
     params, stats = variables["params"], variables.get("batch_stats", {})
-    infer = jax.jit(lambda p, s, x: model.apply({"params": p, "batch_stats": s}, x))
+    jit = functools.partial(jax.jit, compiler_options=zoo.compiler_options())
+    infer = jit(lambda p, s, x: model.apply({"params": p, "batch_stats": s}, x))
 
-    @jax.jit
+    @jit
     def step(p, s, x, y):
         def loss(p):
             logits, upd = model.apply({"params": p, "batch_stats": s}, x, train=True,

@@ -9,6 +9,9 @@ summed duration of every executed XLA thunk grouped by its kind (``ynn_fusion``,
 ``transpose_copy_fusion``, ...) and by the JAX op it came from (``op_name`` in the compiled
 HLO, ``transpose(jvp(...))`` marking the backward pass), the largest first. On XLA:CPU
 independent thunks can run concurrently, so the sum can exceed the step's wall time.
+Under ``zoo.compiler_options()`` XLA:CPU's matrix products (``dot`` thunks) return before
+their work in Eigen's threads is done, so their time lands on the thunks after them: run
+with ``ZOO_COMPILER_OPTIONS=none`` to see the products as YNNPACK fusions of their own.
 This is how the training-step formulations in BENCHMARKS.md were found.
 """
 

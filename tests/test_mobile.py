@@ -161,6 +161,9 @@ def test_max_pool_gradient_equals_xla_with_ties(window, stride, padding):
     y, g = run("matmul")
     ref = nn.max_pool(x, (window,) * 2, (stride,) * 2, pads)
     np.testing.assert_array_equal(y, ref)
+    neg = jax.random.normal(jax.random.PRNGKey(1), x.shape) - 3  # padding must not win
+    np.testing.assert_array_equal(conv.max_pool(neg, window, stride, padding, impl="matmul"),
+                                  nn.max_pool(neg, (window,) * 2, (stride,) * 2, pads))
     np.testing.assert_array_equal(y, run("xla")[0])
     np.testing.assert_array_equal(g, run("xla")[1])
     assert int((g != 0).sum()) > 0
@@ -216,6 +219,47 @@ def test_formulation_choice_and_overrides(monkeypatch):
     monkeypatch.setenv("ZOO_CONV_IMPL", "winograd")
     with pytest.raises(ValueError, match="ZOO_CONV_IMPL"):
         layers.DepthwiseConv(3).init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))
+
+
+def test_compiler_options_table_env_and_unknown_options(monkeypatch):
+    """The backend's options, ``{}`` under ZOO_COMPILER_OPTIONS=none, and a warning plus
+    ``{}`` (never a compile error later) for options this jaxlib does not know."""
+    monkeypatch.delenv("ZOO_COMPILER_OPTIONS", raising=False)
+    cpu = conv.compiler_options("cpu")
+    assert cpu == conv.COMPILER_OPTIONS["cpu"], (
+        "this jaxlib rejects the CPU compiler options: update conv.COMPILER_OPTIONS")
+    assert zoo.compiler_options() == conv.COMPILER_OPTIONS.get(jax.default_backend(), {})
+    monkeypatch.setenv("ZOO_COMPILER_OPTIONS", "none")
+    assert conv.compiler_options("cpu") == {}
+    monkeypatch.setenv("ZOO_COMPILER_OPTIONS", "fast")
+    with pytest.raises(ValueError, match="ZOO_COMPILER_OPTIONS='fast'"):
+        conv.compiler_options()
+    monkeypatch.delenv("ZOO_COMPILER_OPTIONS")
+    for bad in ({"xla_cpu_no_such_flag": "1"},
+                {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH"}):
+        monkeypatch.setitem(conv.COMPILER_OPTIONS, "cpu", bad)
+        with pytest.warns(UserWarning, match="does not accept"):
+            assert conv.compiler_options("cpu") == {}
+
+
+def test_compiled_with_the_compiler_options_is_the_same_function():
+    """A separable conv block's value and gradients, jitted with and without the options."""
+    net = nn.Sequential([layers.Conv(8, 3), layers.BatchNorm(use_running_average=False),
+                         nn.relu, layers.SeparableConv(16, 3), lambda y: y.mean((1, 2)),
+                         nn.Dense(3)])
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 12, 12, 5))
+    v = net.init(jax.random.PRNGKey(1), x)
+
+    def loss(p):
+        y, _ = net.apply({**v, "params": p}, x, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y))
+
+    f = jax.value_and_grad(loss)
+    ref = jax.jit(f)(v["params"])
+    out = jax.jit(f, compiler_options=conv.compiler_options("cpu"))(v["params"])
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
+                 out, ref)
 
 
 @pytest.mark.parametrize("name, alpha", [

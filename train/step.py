@@ -20,6 +20,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import zoo
 from train.freeze import frozen_batch_norm
 
 
@@ -132,14 +133,15 @@ def jit_steps(train_step: Callable, eval_step: Callable, mesh: Mesh) -> tuple[Ca
     """Jit both steps with the batch sharded over ``mesh`` and the state replicated/donated."""
     state_s, data_s = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     train = jax.jit(train_step, in_shardings=(state_s, data_s), out_shardings=(state_s, state_s),
-                    donate_argnums=(0,))
+                    donate_argnums=(0,), compiler_options=zoo.compiler_options())
     return train, jit_eval(eval_step, mesh)
 
 
 def jit_eval(eval_step: Callable, mesh: Mesh) -> Callable:
     """Jit the eval step: batch sharded along ``data``, state replicated (not donated)."""
     state_s, data_s = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(eval_step, in_shardings=(state_s, data_s), out_shardings=data_s)
+    return jax.jit(eval_step, in_shardings=(state_s, data_s), out_shardings=data_s,
+                   compiler_options=zoo.compiler_options())
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -15,8 +15,9 @@ from zoo import (  # noqa: F401
     xception,
     yolo,
 )
+from zoo.conv import compiler_options
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
-__all__ = ["ModelSpec", "create", "list_models", "register", "spec"]
+__all__ = ["ModelSpec", "compiler_options", "create", "list_models", "register", "spec"]
 
 from zoo import pretrained  # noqa: E402, F401  (zoo.pretrained.load; imports the registry above)

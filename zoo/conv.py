@@ -11,7 +11,8 @@ the same numbers:
   the two, where XLA's autodiff may transpose a 4x wider one.
 - ``spatial`` (kxk, one group): ``matmul`` gathers the k*k shifted windows along the
   channel axis (im2col) and does one matrix product. ``mixed`` is XLA's convolution
-  forward and for the input gradient, and computes the kernel gradient as one matrix
+  forward and for the input gradient (one that pads nothing computed padded, then
+  cropped: :func:`padded_xla_conv`), and computes the kernel gradient as one matrix
   product over channel-major patches when the layer has few input channels
   (``kh * kw * in <= 576``: the stems, 3x3 convs on 64 channels), where XLA:CPU's
   kernel-gradient convolution is 1.5-2x slower; a stride-1 conv with at most half as
@@ -19,11 +20,11 @@ the same numbers:
   pass) from its kh*kw output taps (:func:`tap_conv`).
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds. XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
-- ``maxpool``: ``matmul`` keeps XLA's forward pass and computes the gradient from shifted
-  views, a row pass then a column pass (the first maximum of each window in row-major
-  order gets it, as XLA's select-and-scatter);
-  XLA:CPU's own max-pool gradient (a reduce-window over indices, then a scatter) costs a
-  ResNet50 training step 12%.
+- ``maxpool``: ``matmul`` computes the forward pass and the gradient from shifted views,
+  a row pass then a column pass (in the gradient the first maximum of each window in
+  row-major order gets it, as XLA's select-and-scatter); XLA:CPU's ``reduce_window`` is
+  up to 3x slower, and its max-pool gradient (a reduce-window over indices, then a
+  scatter) cost a ResNet50 training step 12%.
 
 The formulation is chosen per backend (``jax.default_backend()``) from the table
 :data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +102,52 @@ def formulation(kind: str, impl: str | None = None) -> str:
     if impl != "auto":
         return impl
     return backend_formulations(jax.default_backend())[kind]
+
+
+# XLA compiler options per backend, for every jit that runs a zoo model (``jax.jit(f,
+# compiler_options=compiler_options())``: train.step, scripts.bench). On CPU, YNNPACK
+# keeps the convolutions and reductions and XLA's own (Eigen) kernels take the matrix
+# products: 25-35% faster on Xception's 728-channel products (batch 32: 11552 x 728 x 728
+# at 296 -> 380 GFLOP/s), whole models equal or faster (BENCHMARKS.md: Xception inference
+# 2.7 -> 1.9 s per batch). Without YNNPACK's reductions XLA:CPU's own were 3-10x slower
+# (batch-norm statistics), so only its matrix products are left out.
+COMPILER_OPTIONS: dict[str, dict[str, str]] = {
+    "cpu": {"xla_cpu_experimental_ynn_fusion_type":
+            "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"},
+}
+COMPILER_OPTION_MODES = ("auto", "none")
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+    """The XLA compiler options to jit a zoo model with on ``backend`` (default: JAX's).
+
+    ``$ZOO_COMPILER_OPTIONS=none`` gives ``{}`` (XLA's defaults); ``auto`` (the default)
+    the backend's entry of :data:`COMPILER_OPTIONS`, if this jaxlib accepts it (the
+    options are experimental XLA flags: one a jaxlib does not know gives a warning and
+    ``{}``, never an error).
+    """
+    mode = os.environ.get("ZOO_COMPILER_OPTIONS", "auto")
+    if mode not in COMPILER_OPTION_MODES:
+        raise ValueError(f"ZOO_COMPILER_OPTIONS={mode!r} is not one of {COMPILER_OPTION_MODES}")
+    backend = backend or jax.default_backend()
+    options = COMPILER_OPTIONS.get(backend, {})
+    if mode == "none" or not options or not _accepted(backend, tuple(sorted(options.items()))):
+        return {}
+    return dict(options)
+
+
+@functools.cache
+def _accepted(backend: str, options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib compiles a function with ``options`` on ``backend``."""
+    try:
+        x = jax.device_put(jnp.zeros((), jnp.float32), jax.local_devices(backend=backend)[0])
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(x).compile()
+    except Exception as e:  # XLA reports an unknown option or value as a runtime error
+        warnings.warn(f"this jaxlib does not accept the zoo's {backend} compiler options "
+                      f"{dict(options)} ({str(e).splitlines()[0]}); using XLA's defaults",
+                      stacklevel=3)
+        return False
+    return True
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -255,8 +303,24 @@ def _mixed_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     return k_vjp(dy)[0]
 
 
+def padded_xla_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """XLA's convolution; one with no padding at all is computed with ``stride`` padded
+    rows below (one more output row), then cropped.
+
+    XLA:CPU runs a convolution that pads nothing 1.2-1.9x slower than the same one padded
+    (batch 32, measured: 3x3 32 -> 64 at 149 px 283 -> 157 ms, 3x3 80 -> 192 at 73 px
+    263 -> 159, 3x3/2 288 -> 384 at 35 px 136 -> 119): Xception's and Inception's 'valid'
+    convolutions.
+    """
+    pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, dilation,
+                         normalize_padding(padding))
+    if any(pads[0] + pads[1]):
+        return xla_conv(x, kernel, strides, pads, dilation)
+    return xla_conv(x, kernel, strides, ((0, strides[0]), (0, 0)), dilation)[:, :-1]
+
+
 _patch_grad_conv = _with_kernel_grad(
-    xla_conv, _mixed_kernel_grad, "patch_grad_conv",
+    padded_xla_conv, _mixed_kernel_grad, "patch_grad_conv",
     "XLA's convolution, with the kernel gradient over patches for few input channels.")
 
 # A stride-1 convolution with at most in / TAP_GRAD_RATIO outputs takes its gradients from
@@ -289,7 +353,7 @@ def tap_conv(x: jax.Array, kernel: jax.Array, pads: Pads, tap_forward: bool) -> 
     """
     if tap_forward:
         return _tap_forward(x, kernel, pads)
-    return xla_conv(x, kernel, (1, 1), pads)
+    return padded_xla_conv(x, kernel, (1, 1), pads)
 
 
 def _tap_forward(x, kernel, pads) -> jax.Array:
@@ -359,12 +423,21 @@ def xla_max_pool(x, window, strides, pads) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def shift_max_pool(x, window, strides, pads) -> jax.Array:
-    """Max pooling whose gradient is computed from shifted views of the input."""
-    return xla_max_pool(x, window, strides, pads)
+    """Max pooling from shifted views of the input, forward and gradient: a row pass then a
+    column pass (XLA:CPU's ``reduce_window`` is 1.2-3.3x slower, batch 32, 3x3/2: 147 px
+    128 channels 196 -> 59 ms, 112 px 64 channels 32 -> 17)."""
+    return _separable_max_pool(x, window, strides, pads)
+
+
+def _separable_max_pool(x, window, strides, pads) -> jax.Array:
+    oh, ow = (-(-(n + sum(p) - k + 1) // s) for n, p, k, s
+              in zip(x.shape[1:3], pads, window, strides, strict=True))
+    rows = _max_1d(x, ow, window[1], strides[1], pads[1], axis=2)  # (n, h, ow, c)
+    return _max_1d(rows, oh, window[0], strides[0], pads[0], axis=1)
 
 
 def _max_pool_fwd(x, window, strides, pads):
-    y = xla_max_pool(x, window, strides, pads)
+    y = _separable_max_pool(x, window, strides, pads)
     return y, (x, y)
 
 
