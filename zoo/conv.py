@@ -323,6 +323,16 @@ _patch_grad_conv = _with_kernel_grad(
     padded_xla_conv, _mixed_kernel_grad, "patch_grad_conv",
     "XLA's convolution, with the kernel gradient over patches for few input channels.")
 
+# A strided convolution over at most IM2COL_MAX_DEPTH patch values (the 3x3 stride-2 RGB
+# stems of MobileNet, Xception, Inception) runs forward as one product over gathered
+# patches (batch 32, 3x3/2 3 -> 32: 224 px 29 -> 17 ms, 299 px 'valid' 60 -> 29; at stride
+# 1 (3 -> 64, 224 px 45 -> 66) and for AlexNet's 11x11/4 (43 -> 55) XLA's is faster)
+IM2COL_MAX_DEPTH = 32
+
+_im2col_conv = _with_kernel_grad(
+    matmul_conv, _mixed_kernel_grad, "im2col_conv",
+    "One product over gathered patches, with the kernel gradient over patches.")
+
 # A stride-1 convolution with at most in / TAP_GRAD_RATIO outputs takes its gradients from
 # the output taps (:func:`tap_conv`), and with at most in / TAP_FORWARD_RATIO outputs its
 # forward pass too (measured per layer, BENCHMARKS.md: DenseNet's 3x3 128 -> 32 gradients
@@ -333,12 +343,16 @@ TAP_FORWARD_RATIO = 4
 
 def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     """The ``mixed`` formulation of a kxk convolution on CPU: :func:`tap_conv` for a
-    stride-1 convolution with few outputs, else XLA's convolution with the kernel gradient
-    over patches for few input channels (:func:`patch_kernel_grad`)."""
+    stride-1 convolution with few outputs, one product over gathered patches for a strided
+    one over few patch values (``kh * kw * in <= IM2COL_MAX_DEPTH``), else XLA's
+    convolution (:func:`padded_xla_conv`); the kernel gradient over patches for few input
+    channels (:func:`patch_kernel_grad`)."""
     kh, kw, cin, cout = kernel.shape
     if tuple(strides) == (1, 1) and tuple(dilation) == (1, 1) and cout * TAP_GRAD_RATIO <= cin:
         pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
         return tap_conv(x, kernel, pads, cout * TAP_FORWARD_RATIO <= cin)
+    if tuple(strides) != (1, 1) and kh * kw * cin <= IM2COL_MAX_DEPTH:
+        return _im2col_conv(x, kernel, strides, padding, dilation)
     return _patch_grad_conv(x, kernel, strides, padding, dilation)
 
 
