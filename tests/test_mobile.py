@@ -104,7 +104,8 @@ def test_conv_matmul_equals_xla(stride, dilation, padding, size, kernel):
                          latin(STRIDES_DILATIONS, PADDINGS,
                                [(7, 3, 4), (9, 5, 3), (8, 3, 65), (7, 3, 12), (9, 3, 3)]))
 def test_mixed_conv_equals_xla(stride, dilation, padding, size, kernel, cin):
-    """XLA's conv with the kernel gradient over patches (kh*kw*cin <= 576) or XLA's (above);
+    """XLA's conv with the kernel gradient over patches (kh*kw*cin <= 576, or 'VALID') or
+    XLA's (above);
     at stride 1 with 6 outputs, 65 inputs take the tap forward and gradients, 12 inputs the
     tap gradients only; 3x3 over 3 channels at stride 2 the im2col forward ('VALID': XLA's
     padded then cropped)."""

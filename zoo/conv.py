@@ -259,7 +259,8 @@ def _pointwise_bwd(strides, res, dy):
 pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 # kh * kw * in_channels up to which the "mixed" formulation computes the kernel gradient
-# as a matrix product over patches (measured: 1.5-2x faster than XLA:CPU's kernel-gradient
+# (of a padded convolution; an unpadded one's always) as a matrix product over patches
+# (measured: 1.5-2x faster than XLA:CPU's kernel-gradient
 # convolution up to 3x3x64, slower from 3x3x128 on; BENCHMARKS.md), and the largest
 # patch matrix it builds at once (elements; 16M = 64 MB in float32): a bigger batch is
 # done in chunks of images (a 7x7x3 stem at batch 32: 59M, 4 chunks; Xception's second
@@ -295,9 +296,16 @@ def _with_kernel_grad(forward, kernel_grad, name: str, doc: str):
 
 
 def _mixed_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
-    """Over patches for few input channels (:func:`patch_kernel_grad`), else XLA's."""
+    """Over patches (:func:`patch_kernel_grad`) for few input channels or a convolution
+    that pads nothing, else XLA's.
+
+    XLA:CPU's kernel gradient of an unpadded ('valid') convolution is 1.4-4.6x slower than
+    the patch product at any depth (batch 32: 3x3 80 -> 192 at 73 px 1109 -> 239 ms,
+    3x3/2 288 -> 384 at 35 px 200 -> 80, 3x3/2 192 -> 192 at 71 px 243 -> 155).
+    """
     kh, kw, cin, _ = kernel.shape
-    if kh * kw * cin <= PATCH_GRAD_MAX_DEPTH:
+    pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, normalize_padding(padding))
+    if kh * kw * cin <= PATCH_GRAD_MAX_DEPTH or not any(pads[0] + pads[1]):
         return patch_kernel_grad(x, dy, kernel.shape, strides, padding, dilation)
     _, k_vjp = jax.vjp(lambda k: xla_conv(x, k, strides, padding, dilation), kernel)
     return k_vjp(dy)[0]
