@@ -4,7 +4,8 @@
         [--tf-python /path/to/python-with-tensorflow] [--json bench.json] [--markdown bench.md]
     python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.conv)
 
-Each framework runs in its own process (``ours``: the zoo under jit; ``keras-jax``:
+Each framework runs in its own process (``ours``: the zoo under jit with
+``zoo.compiler_options()``, as ``train`` runs it; ``keras-jax``:
 ``keras.applications`` with ``KERAS_BACKEND=jax``; ``keras-tf``: the same on TensorFlow,
 skipped with a note when no interpreter with TensorFlow is found: install the ``bench``
 extra, or pass ``--tf-python``). All use float32, random data, batch 32, 224 px (299
