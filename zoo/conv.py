@@ -19,7 +19,8 @@ the same numbers:
   many outputs as inputs takes its gradients (and with at most a quarter, its forward
   pass) from its kh*kw output taps (:func:`tap_conv`).
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
-  shifted multiply-adds. XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
+  shifted multiply-adds (at stride 1 the input gradient too: over the padded output
+  gradient, with the flipped kernel). XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
 - ``maxpool``: ``matmul`` computes the forward pass and the gradient from shifted views,
   a row pass then a column pass (in the gradient the first maximum of each window in
   row-major order gets it, as XLA's select-and-scatter); XLA:CPU's ``reduce_window`` is
@@ -270,10 +271,12 @@ PATCH_GRAD_MAX_DEPTH = 576
 PATCH_GRAD_MAX_SIZE = 16 * 2**20
 
 
-def _with_kernel_grad(forward, kernel_grad, name: str, doc: str):
+def _with_kernel_grad(forward, kernel_grad, name: str, doc: str, input_grad=None):
     """A convolution ``f(x, kernel, strides, padding, dilation=(1, 1))`` computed by
-    ``forward``, whose input gradient is autodiff of ``forward`` and whose kernel gradient
-    is ``kernel_grad(x, dy, kernel, strides, padding, dilation)`` (a custom VJP)."""
+    ``forward``, whose kernel gradient is ``kernel_grad(x, dy, kernel, strides, padding,
+    dilation)`` (a custom VJP) and whose input gradient is ``input_grad(x, dy, kernel,
+    strides, padding, dilation)`` where that is given and does not return None, else
+    autodiff of ``forward``."""
 
     def conv(x, kernel, strides, padding, dilation=(1, 1)):
         return forward(x, kernel, strides, padding, dilation)
@@ -287,9 +290,12 @@ def _with_kernel_grad(forward, kernel_grad, name: str, doc: str):
 
     def bwd(strides, padding, dilation, res, dy):
         x, kernel = res
-        _, x_vjp = jax.vjp(lambda x: forward(x, kernel, strides, padding, dilation), x)
+        dx = input_grad and input_grad(x, dy, kernel, strides, padding, dilation)
+        if dx is None:
+            _, x_vjp = jax.vjp(lambda x: forward(x, kernel, strides, padding, dilation), x)
+            dx = x_vjp(dy)[0]
         dk = kernel_grad(x, dy, kernel, strides, padding, dilation)
-        return x_vjp(dy)[0], dk.astype(kernel.dtype)
+        return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
     conv.defvjp(fwd, bwd)
     return conv
@@ -547,9 +553,27 @@ def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     return grad.reshape(kernel.shape).astype(kernel.dtype)
 
 
+def _shift_input_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array | None:
+    """d(loss)/dx of a stride-1 depthwise conv (multiplier 1): ``dy`` padded once and
+    correlated with the flipped kernel (None, i.e. autodiff, otherwise).
+
+    Autodiff pads each of the kh*kw products of ``dy`` to the input's size and adds them;
+    XLA:CPU fuses whatever computes ``dy`` (a batch norm's gradient) into each of them.
+    """
+    kh, kw, _, m = kernel.shape
+    if m != 1 or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
+        return None
+    pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
+    back = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+    if min(back[0] + back[1]) < 0:
+        return None
+    return _shift_forward(dy, kernel[::-1, ::-1], (1, 1), back, (1, 1))
+
+
 shift_depthwise = _with_kernel_grad(
     _shift_forward, _shift_kernel_grad, "shift_depthwise",
-    "A depthwise convolution as kh*kw shifted multiply-adds (kernel ``(kh, kw, C, M)``).")
+    "A depthwise convolution as kh*kw shifted multiply-adds (kernel ``(kh, kw, C, M)``).",
+    _shift_input_grad)
 
 
 class Conv(nn.Module):
