@@ -104,11 +104,10 @@ def test_conv_matmul_equals_xla(stride, dilation, padding, size, kernel):
                          latin(STRIDES_DILATIONS, PADDINGS,
                                [(7, 3, 4), (9, 5, 3), (8, 3, 65), (7, 3, 12), (9, 3, 3)]))
 def test_mixed_conv_equals_xla(stride, dilation, padding, size, kernel, cin):
-    """XLA's conv with the kernel gradient over patches (kh*kw*cin <= 576, or 'VALID') or
-    XLA's (above);
-    at stride 1 with 6 outputs, 65 inputs take the tap forward and gradients, 12 inputs the
-    tap gradients only; 3x3 over 3 channels at stride 2 the im2col forward ('VALID': XLA's
-    padded then cropped)."""
+    """XLA's conv ('VALID': padded, then cropped) with the kernel gradient over patches
+    (kh*kw*cin <= 576, or 'VALID') or XLA's (above); at stride 1 with 6 outputs, 65 inputs
+    take the tap forward and gradients, 12 inputs the tap gradients only; 3x3 over 3
+    channels at stride 2 the im2col forward."""
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, cin))
     w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, 6))
     pads = conv.normalize_padding(padding)
@@ -258,7 +257,7 @@ def test_compiled_with_the_compiler_options_is_the_same_function():
 
     f = jax.value_and_grad(loss)
     ref = jax.jit(f)(v["params"])
-    out = jax.jit(f, compiler_options=conv.compiler_options("cpu"))(v["params"])
+    out = jax.jit(f, compiler_options=conv.compiler_options())(v["params"])
     scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
                  out, ref)

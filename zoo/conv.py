@@ -14,10 +14,12 @@ the same numbers:
   forward and for the input gradient (one that pads nothing computed padded, then
   cropped: :func:`padded_xla_conv`), and computes the kernel gradient as one matrix
   product over channel-major patches when the layer has few input channels
-  (``kh * kw * in <= 576``: the stems, 3x3 convs on 64 channels), where XLA:CPU's
-  kernel-gradient convolution is 1.5-2x slower; a stride-1 conv with at most half as
-  many outputs as inputs takes its gradients (and with at most a quarter, its forward
-  pass) from its kh*kw output taps (:func:`tap_conv`).
+  (``kh * kw * in <= 576``: the stems, 3x3 convs on 64 channels) or pads nothing, where
+  XLA:CPU's kernel-gradient convolution is 1.4-4.6x slower; a strided conv over at most
+  32 patch values (the RGB 3x3/2 stems) runs forward as one product over gathered
+  patches; a stride-1 conv with at most half as many outputs as inputs takes its
+  gradients (and with at most a quarter, its forward pass) from its kh*kw output taps
+  (:func:`tap_conv`).
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds (at stride 1 the input gradient too: over the padded output
   gradient, with the flipped kernel). XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
@@ -335,7 +337,8 @@ def padded_xla_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
 
 _patch_grad_conv = _with_kernel_grad(
     padded_xla_conv, _mixed_kernel_grad, "patch_grad_conv",
-    "XLA's convolution, with the kernel gradient over patches for few input channels.")
+    "XLA's convolution (an unpadded one padded, then cropped), with the kernel gradient "
+    "over patches for few input channels or no padding.")
 
 # A strided convolution over at most IM2COL_MAX_DEPTH patch values (the 3x3 stride-2 RGB
 # stems of MobileNet, Xception, Inception) runs forward as one product over gathered
