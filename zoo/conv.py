@@ -400,15 +400,21 @@ def _tap_conv_fwd(x, kernel, pads, tap_forward):
     return tap_conv(x, kernel, pads, tap_forward), (x, kernel)
 
 
+def _transposed_pads(kernel: Sequence[int], pads: Pads) -> Pads:
+    """How to pad ``dy`` of a stride-1 convolution with ``pads`` so that a correlation with
+    the flipped kernel gives the input gradient: ``kernel - 1 - pad`` on each side
+    (negative where a pad exceeds ``kernel - 1``: crop outputs that see only padding)."""
+    return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, pads, strict=True))
+
+
 def _tap_conv_bwd(pads, tap_forward, res, dy):
     x, kernel = res
     kh, kw, cin, cout = kernel.shape
     h, w = x.shape[1:3]
-    (top, bottom), (left, right) = pads
-    # dy padded to h + kh - 1 rows (negative padding crops outputs that see only padding)
+    (top, bottom), (left, right) = _transposed_pads((kh, kw), pads)
+    # dy padded to h + kh - 1 rows (negative padding crops)
     dyp = jax.lax.pad(dy, jnp.zeros((), dy.dtype), (
-        (0, 0, 0), (kh - 1 - top, kh - 1 - bottom, 0), (kw - 1 - left, kw - 1 - right, 0),
-        (0, 0, 0)))
+        (0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
     g = jnp.stack([dyp[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w]
                    for i in range(kh) for j in range(kw)], axis=3)
     g = g.reshape(*g.shape[:3], kh * kw * cout)
@@ -567,7 +573,7 @@ def _shift_input_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array | 
     if m != 1 or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
         return None
     pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
-    back = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+    back = _transposed_pads((kh, kw), pads)
     if min(back[0] + back[1]) < 0:
         return None
     return _shift_forward(dy, kernel[::-1, ::-1], (1, 1), back, (1, 1))
