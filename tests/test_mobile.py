@@ -116,6 +116,61 @@ def test_mixed_conv_equals_xla(stride, dilation, padding, size, kernel, cin):
                          lambda w, x: conv.xla_conv(x, w, s, pads, d), w, x)
 
 
+@pytest.mark.parametrize("size, pads", [
+    ((7, 8), "SAME"), ((8, 7), "VALID"), ((5, 9), ((2, 0), (1, 2))), ((1, 1), "SAME"),
+    ((3, 3), ((0, 2), (2, 2))), ((6, 6), ((2, 2), (0, 0)))])
+def test_winograd_conv_equals_xla(size, pads):
+    """Odd and even outputs (the last tile overhangs), pads 0 to 2 on any side (the input
+    gradient then pads dy by 2 - pad), a single pixel."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 5))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 4))
+    pads = conv.normalize_padding(pads)
+    assert_same_function(lambda w, x: conv.winograd_conv(x, w, (1, 1), pads),
+                         lambda w, x: conv.xla_conv(x, w, (1, 1), pads), w, x)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(strides=(2, 2), padding="SAME"), "stride-1"), (dict(kernel=5), "3x3"),
+    (dict(padding=((3, 0), (1, 1))), "pads of 0 to 2")])
+def test_winograd_conv_refuses_what_it_cannot_compute(kwargs, message):
+    x = jnp.zeros((1, 8, 8, 2))
+    w = jnp.zeros((kwargs.pop("kernel", 3),) * 2 + (2, 2))
+    args = dict(strides=(1, 1), padding="SAME") | kwargs
+    with pytest.raises(ValueError, match=message):
+        conv.winograd_conv(x, w, args["strides"], args["padding"])
+
+
+@pytest.mark.parametrize("size, kernel, strides, padding, path", [
+    ((56, 56), (3, 3, 64, 64), 1, "SAME", "winograd"),  # ResNet's 3x3 convolutions
+    ((7, 7), (3, 3, 512, 512), 1, "SAME", "winograd"),
+    ((73, 73), (3, 3, 80, 192), 1, "VALID", "winograd"),  # Inception's
+    ((104, 104), (3, 3, 64, 64), 1, "SAME", "xla"),  # too many pixels
+    ((2, 2), (3, 3, 256, 256), 1, "SAME", "winograd"),
+    ((6, 4), (3, 3, 256, 256), 1, "SAME", "xla"),  # 4 outputs a side: tiles too few
+    ((7, 7), (3, 3, 256, 256), 1, "VALID", "xla"),  # 5 outputs: tiles overhang
+    ((28, 28), (3, 3, 16, 64), 1, "SAME", "xla"),  # too few channels
+    ((28, 28), (3, 3, 64, 64), 1, ((3, 0), (1, 1)), "xla"),  # a pad past 2
+    ((28, 28), (3, 3, 64, 64), 2, "SAME", "xla"),
+    ((28, 28), (5, 5, 64, 64), 1, "SAME", "xla"),
+    ((56, 56), (3, 3, 128, 32), 1, "SAME", "tap"),  # DenseNet's
+    ((56, 56), (3, 3, 64, 32), 1, "SAME", "tap_grad"),
+    ((224, 224), (3, 3, 3, 32), 2, "SAME", "im2col")])  # MobileNet's stem
+def test_mixed_path_choice(size, kernel, strides, padding, path):
+    s = conv._pair(strides)
+    assert conv.mixed_path(size, kernel, s, conv.normalize_padding(padding)) == path
+
+
+def test_mixed_conv_takes_winograd_and_equals_xla():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 48))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 48, 64)) * 0.1
+    pads = conv.normalize_padding("SAME")
+    assert conv.mixed_path(x.shape[1:3], w.shape, (1, 1), pads) == "winograd"
+    jaxpr = str(jax.make_jaxpr(lambda x, w: conv.mixed_conv(x, w, (1, 1), pads))(x, w))
+    assert "winograd_conv" in jaxpr
+    assert_same_function(lambda w, x: conv.mixed_conv(x, w, (1, 1), pads),
+                         lambda w, x: conv.xla_conv(x, w, (1, 1), pads), w, x)
+
+
 @pytest.mark.parametrize("tap_forward", [True, False])
 @pytest.mark.parametrize("kernel, pads", [(3, ((3, 0), (0, 2))), (5, ((0, 0), (1, 4))),
                                           ((3, 1), ((1, 1), (0, 0)))])
@@ -220,6 +275,19 @@ def test_formulation_choice_and_overrides(monkeypatch):
     monkeypatch.setenv("ZOO_CONV_IMPL", "winograd")
     with pytest.raises(ValueError, match="ZOO_CONV_IMPL"):
         layers.DepthwiseConv(3).init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2)))
+
+
+def test_use_impl_overrides_the_environment_within_its_block(monkeypatch):
+    monkeypatch.setenv("ZOO_CONV_IMPL", "matmul")
+    with conv.use_impl("xla"):
+        assert conv.formulation("depthwise") == "xla"
+        assert conv.formulation("depthwise", "matmul") == "matmul"  # a layer's impl wins
+        jaxpr = str(jax.make_jaxpr(layers.DepthwiseConv(3).init)(
+            jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 2))))
+        assert "conv_general_dilated" in jaxpr
+    assert conv.formulation("depthwise") == "matmul"
+    with pytest.raises(ValueError, match="not one of"), conv.use_impl("winograd"):
+        pass
 
 
 def test_compiler_options_table_env_and_unknown_options(monkeypatch):

@@ -19,7 +19,10 @@ the same numbers:
   32 patch values (the RGB 3x3/2 stems) runs forward as one product over gathered
   patches; a stride-1 conv with at most half as many outputs as inputs takes its
   gradients (and with at most a quarter, its forward pass) from its kh*kw output taps
-  (:func:`tap_conv`).
+  (:func:`tap_conv`); a stride-1 3x3 conv with many channels for its size (ResNet's,
+  VGG's from 56 px, Inception's) runs forward and input gradient by Winograd's
+  F(2x2, 3x3) (:func:`winograd_conv`: 16 matrix products over 2x2 output tiles, 2.25x
+  fewer multiplies, within ~1e-6 of the direct sum). :func:`mixed_path` names the choice.
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds (at stride 1 the input gradient too: over the padded output
   gradient, with the flipped kernel). XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
@@ -32,7 +35,8 @@ the same numbers:
 The formulation is chosen per backend (``jax.default_backend()``) from the table
 :data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
 forces one formulation for every kind, and each layer's ``impl`` argument overrides
-both (``auto``, the default, defers to the table).
+both (``auto``, the default, defers to the table); :func:`use_impl` sets the global one
+for the code within a ``with`` block (``viz`` traces under ``xla``).
 The parameter layout never depends on the formulation, so checkpoints move freely
 between CPU, GPU and TPU:
 
@@ -47,6 +51,8 @@ between CPU, GPU and TPU:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import warnings
@@ -83,12 +89,31 @@ FORMULATIONS: dict[str, dict[str, str]] = {
 _DEFAULT = {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla"}
 
 
+_IMPL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "zoo_conv_impl", default=None)
+
+
 def conv_impl() -> str:
-    """The global setting: ``$ZOO_CONV_IMPL`` (``auto``, ``xla`` or ``matmul``); ``auto``."""
-    impl = os.environ.get("ZOO_CONV_IMPL", "auto")
+    """The global setting: :func:`use_impl`'s inside one, else ``$ZOO_CONV_IMPL``
+    (``auto``, ``xla`` or ``matmul``); ``auto``."""
+    impl = _IMPL_OVERRIDE.get() or os.environ.get("ZOO_CONV_IMPL", "auto")
     if impl not in CONV_IMPLS:
         raise ValueError(f"ZOO_CONV_IMPL={impl!r} is not one of {CONV_IMPLS}")
     return impl
+
+
+@contextlib.contextmanager
+def use_impl(impl: str):
+    """Within the block, trace every layer without its own ``impl`` as if
+    ``$ZOO_CONV_IMPL`` were ``impl`` (``viz`` traces XLA's formulation: one convolution
+    primitive per layer and the model's own FLOPs, whatever the backend)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl={impl!r} is not one of {CONV_IMPLS}")
+    token = _IMPL_OVERRIDE.set(impl)
+    try:
+        yield
+    finally:
+        _IMPL_OVERRIDE.reset(token)
 
 
 def backend_formulations(backend: str) -> dict[str, str]:
@@ -340,6 +365,90 @@ _patch_grad_conv = _with_kernel_grad(
     "XLA's convolution (an unpadded one padded, then cropped), with the kernel gradient "
     "over patches for few input channels or no padding.")
 
+# Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for
+# Convolutional Neural Networks"): each 2x2 output tile from a 4x4 input tile d as
+# A^T [(G g G^T) * (B^T d B)] A, i.e. 16 matrix products over all tiles (in x out channels
+# each) instead of 36 multiply-adds per output pixel, 2.25x fewer. The transforms use
+# only 0, +-1 and +-1/2, so float32 results stay within ~1e-6 (relative) of the direct
+# convolution. A stride-1 3x3 convolution takes it on CPU (``mixed``) when its channels
+# are many for its size: ``in * out >= WINOGRAD_MIN_DEPTH * (in + out)`` (the work per
+# pixel against the transforms' memory traffic) and at most WINOGRAD_MAX_PIXELS pixels
+# per image (measured per layer, batch 32, BENCHMARKS.md: 1.1-2x faster from ResNet's
+# 56 px 64 -> 64 to 7 px 512 -> 512, slower at 147 px 32 -> 64 and 224 px 64 -> 64).
+# Not for outputs of 3 to 5 pixels a side (0.7-0.95x: the tiles overhang or are too few);
+# at 2 XLA:CPU's own is pathologically slow (2x2 256 -> 256: 26 ms, Winograd 1.2 ms).
+WINOGRAD_MIN_DEPTH = 24
+WINOGRAD_MAX_PIXELS = 80 * 80
+WINOGRAD_LOSING_SIDES = (3, 4, 5)
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def _winograd_bt(d0, d1, d2, d3) -> list[jax.Array]:
+    """B^T d along one axis: 4 inputs (rows 2t .. 2t + 3 of the tiles) -> 4 outputs."""
+    return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+
+
+def _winograd_at(m0, m1, m2, m3) -> list[jax.Array]:
+    """A^T m along one axis: 4 transformed rows -> the tile's 2 output rows."""
+    return [m0 + m1 + m2, m1 - m2 - m3]
+
+
+def winograd_pads(pads: Pads) -> bool:
+    """Whether :func:`winograd_conv` takes these pads (and so its input gradient too)."""
+    return all(0 <= p <= 2 for p in pads[0] + pads[1])
+
+
+@functools.partial(jax.jit, static_argnums=2)  # eagerly: one call, not ~100 small ops
+def _winograd_forward(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
+    n, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    (top, bottom), (left, right) = pads
+    oh, ow = h + top + bottom - 2, w + left + right - 2
+    if oh < 1 or ow < 1:
+        raise ValueError(f"input {(h, w)} (padded {pads}) is smaller than the kernel (3, 3)")
+    th, tw = -(-oh // 2), -(-ow // 2)  # tiles; the last row / column may overhang: cropped
+    xp = jnp.pad(x, ((0, 0), (top, 2 * th + 2 - h - top), (left, 2 * tw + 2 - w - left),
+                     (0, 0)))
+    g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
+    u = jnp.einsum("ai,ijcd,bj->abcd", g, kernel, g)  # (4, 4, in, out)
+    rows = _winograd_bt(*(xp[:, a : a + 2 * th : 2] for a in range(4)))
+    # 16 separate products, not one batched one: XLA:CPU writes 16 arrays in one fused
+    # pass but a stacked (16, ...) array 2-3x slower (measured)
+    m = [[jnp.einsum("nhwc,cd->nhwd", v, u[a, b]) for b, v in enumerate(
+          _winograd_bt(*(r[:, :, b : b + 2 * tw : 2] for b in range(4))))]
+         for a, r in enumerate(rows)]
+    cols = [_winograd_at(*(m[a][b] for a in range(4))) for b in range(4)]  # [b][i]
+    y = jnp.stack([jnp.stack(_winograd_at(*(cols[b][i] for b in range(4))), axis=3)
+                   for i in range(2)], axis=2)  # (n, th, 2, tw, 2, out)
+    return y.reshape(n, 2 * th, 2 * tw, cout)[:, :oh, :ow]
+
+
+def winograd_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """A stride-1 3x3 convolution by Winograd's F(2x2, 3x3) (``padding`` resolving to pads
+    of 0 to 2 per side, :func:`winograd_pads`); its input gradient is again one (the
+    flipped kernel over ``dy`` padded by ``2 - pad``), its kernel gradient
+    :func:`_mixed_kernel_grad`'s."""
+    if tuple(strides) != (1, 1) or tuple(dilation) != (1, 1) or kernel.shape[:2] != (3, 3):
+        raise ValueError("winograd_conv is for stride-1, undilated 3x3 convolutions, got "
+                         f"kernel {kernel.shape[:2]}, strides {strides}, dilation {dilation}")
+    pads = explicit_pads(x.shape[1:3], (3, 3), (1, 1), (1, 1), normalize_padding(padding))
+    if not winograd_pads(pads):
+        raise ValueError(f"winograd_conv takes pads of 0 to 2 per side, got {pads}")
+    return _winograd_conv(x, kernel, strides, pads, dilation)
+
+
+def _winograd_input_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
+    pads = explicit_pads(x.shape[1:3], (3, 3), (1, 1), (1, 1), normalize_padding(padding))
+    flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+    return _winograd_forward(dy, flipped, _transposed_pads((3, 3), pads))
+
+
+_winograd_conv = _with_kernel_grad(
+    lambda x, kernel, strides, pads, dilation: _winograd_forward(x, kernel, pads),
+    _mixed_kernel_grad, "winograd_conv",
+    "Winograd F(2x2, 3x3) forward and input gradient, the kernel gradient as `mixed`'s.",
+    _winograd_input_grad)
+
 # A strided convolution over at most IM2COL_MAX_DEPTH patch values (the 3x3 stride-2 RGB
 # stems of MobileNet, Xception, Inception) runs forward as one product over gathered
 # patches (batch 32, 3x3/2 3 -> 32: 224 px 29 -> 17 ms, 299 px 'valid' 60 -> 29; at stride
@@ -358,17 +467,48 @@ TAP_GRAD_RATIO = 2
 TAP_FORWARD_RATIO = 4
 
 
-def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
-    """The ``mixed`` formulation of a kxk convolution on CPU: :func:`tap_conv` for a
-    stride-1 convolution with few outputs, one product over gathered patches for a strided
-    one over few patch values (``kh * kw * in <= IM2COL_MAX_DEPTH``), else XLA's
-    convolution (:func:`padded_xla_conv`); the kernel gradient over patches for few input
-    channels (:func:`patch_kernel_grad`)."""
-    kh, kw, cin, cout = kernel.shape
-    if tuple(strides) == (1, 1) and tuple(dilation) == (1, 1) and cout * TAP_GRAD_RATIO <= cin:
-        pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
-        return tap_conv(x, kernel, pads, cout * TAP_FORWARD_RATIO <= cin)
+MIXED_PATHS = ("tap", "tap_grad", "winograd", "im2col", "xla")
+
+
+def mixed_path(size: Sequence[int], kernel: Sequence[int], strides, padding,
+               dilation=(1, 1)) -> str:
+    """Which of :data:`MIXED_PATHS` the ``mixed`` formulation takes for an input of
+    ``size`` (h, w), a ``kernel`` of shape (kh, kw, in, out), ``strides``, ``padding``
+    (normalised) and ``dilation``.
+
+    ``tap``: :func:`tap_conv` with the tap forward, ``tap_grad``: with XLA's forward (a
+    stride-1 convolution with few outputs); ``winograd``: :func:`winograd_conv` (a stride-1
+    3x3 one with many channels for its size); ``im2col``: one product over gathered patches
+    (a strided one over ``kh * kw * in <= IM2COL_MAX_DEPTH`` values); ``xla``: XLA's
+    convolution (:func:`padded_xla_conv`).
+    """
+    kh, kw, cin, cout = kernel
+    unit = tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
+    if unit and cout * TAP_GRAD_RATIO <= cin:
+        return "tap" if cout * TAP_FORWARD_RATIO <= cin else "tap_grad"
+    if unit and (kh, kw) == (3, 3) and cin * cout >= WINOGRAD_MIN_DEPTH * (cin + cout) \
+            and size[0] * size[1] <= WINOGRAD_MAX_PIXELS:
+        pads = explicit_pads(size, (3, 3), strides, dilation, padding)
+        out = [n + lo + hi - 2 for n, (lo, hi) in zip(size, pads, strict=True)]
+        if winograd_pads(pads) and not set(out) & set(WINOGRAD_LOSING_SIDES):
+            return "winograd"
     if tuple(strides) != (1, 1) and kh * kw * cin <= IM2COL_MAX_DEPTH:
+        return "im2col"
+    return "xla"
+
+
+def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """The ``mixed`` formulation of a kxk convolution on CPU (the path :func:`mixed_path`
+    names), every path with the kernel gradient over patches for few input channels
+    (:func:`patch_kernel_grad`)."""
+    path = mixed_path(x.shape[1:3], kernel.shape, strides, padding, dilation)
+    if path in ("tap", "tap_grad"):
+        pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, dilation, padding)
+        return tap_conv(x, kernel, pads, path == "tap")
+    if path == "winograd":
+        pads = explicit_pads(x.shape[1:3], (3, 3), strides, dilation, padding)
+        return _winograd_conv(x, kernel, strides, pads, dilation)
+    if path == "im2col":
         return _im2col_conv(x, kernel, strides, padding, dilation)
     return _patch_grad_conv(x, kernel, strides, padding, dilation)
 
