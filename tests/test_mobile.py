@@ -145,26 +145,34 @@ def test_winograd_conv_refuses_what_it_cannot_compute(kwargs, message):
     ((7, 7), (3, 3, 512, 512), 1, "SAME", "winograd"),
     ((73, 73), (3, 3, 80, 192), 1, "VALID", "winograd"),  # Inception's
     ((104, 104), (3, 3, 64, 64), 1, "SAME", "xla"),  # too many pixels
-    ((2, 2), (3, 3, 256, 256), 1, "SAME", "winograd"),
+    ((2, 2), (3, 3, 256, 256), 1, "SAME", "xla"),  # 32 tiles: too few
     ((6, 4), (3, 3, 256, 256), 1, "SAME", "xla"),  # 4 outputs a side: tiles too few
     ((7, 7), (3, 3, 256, 256), 1, "VALID", "xla"),  # 5 outputs: tiles overhang
     ((28, 28), (3, 3, 16, 64), 1, "SAME", "xla"),  # too few channels
     ((28, 28), (3, 3, 64, 64), 1, ((3, 0), (1, 1)), "xla"),  # a pad past 2
     ((28, 28), (3, 3, 64, 64), 2, "SAME", "xla"),
+    ((14, 14), (3, 3, 256, 256), 1, "SAME", "winograd"),  # batch 32: 32 x 49 tiles
     ((28, 28), (5, 5, 64, 64), 1, "SAME", "xla"),
     ((56, 56), (3, 3, 128, 32), 1, "SAME", "tap"),  # DenseNet's
     ((56, 56), (3, 3, 64, 32), 1, "SAME", "tap_grad"),
     ((224, 224), (3, 3, 3, 32), 2, "SAME", "im2col")])  # MobileNet's stem
 def test_mixed_path_choice(size, kernel, strides, padding, path):
     s = conv._pair(strides)
-    assert conv.mixed_path(size, kernel, s, conv.normalize_padding(padding)) == path
+    shape = (32, *size, kernel[2])
+    assert conv.mixed_path(shape, kernel, s, conv.normalize_padding(padding)) == path
+
+
+def test_mixed_path_winograd_needs_enough_tiles_in_the_batch():
+    pads = conv.normalize_padding("SAME")
+    assert conv.mixed_path((1, 14, 14, 256), (3, 3, 256, 256), (1, 1), pads) == "xla"
+    assert conv.mixed_path((6, 14, 14, 256), (3, 3, 256, 256), (1, 1), pads) == "winograd"
 
 
 def test_mixed_conv_takes_winograd_and_equals_xla():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 48))
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 15, 48))
     w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 48, 64)) * 0.1
     pads = conv.normalize_padding("SAME")
-    assert conv.mixed_path(x.shape[1:3], w.shape, (1, 1), pads) == "winograd"
+    assert conv.mixed_path(x.shape, w.shape, (1, 1), pads) == "winograd"
     jaxpr = str(jax.make_jaxpr(lambda x, w: conv.mixed_conv(x, w, (1, 1), pads))(x, w))
     assert "winograd_conv" in jaxpr
     assert_same_function(lambda w, x: conv.mixed_conv(x, w, (1, 1), pads),
@@ -350,6 +358,31 @@ def test_whole_model_is_the_same_function_under_every_formulation(monkeypatch, n
     scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale),
                  run(), ref)
+
+
+def test_resnet_with_winograd_layers_is_the_same_function_as_with_xla(monkeypatch):
+    """ResNet18 at a batch and size where ``mixed`` takes Winograd for its first stages:
+    the whole model (inference-mode BN), value and gradients, as under XLA's convolutions."""
+    monkeypatch.delenv("ZOO_CONV_IMPL", raising=False)
+    model = zoo.create("resnet18", num_classes=5)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 64, 64, 3))
+    v = jax.jit(model.init)(jax.random.PRNGKey(1), x)
+
+    def run():
+        def loss(p):
+            return jnp.sum(jax.nn.log_softmax(model.apply({**v, "params": p}, x))[:, 0])
+        f = jax.value_and_grad(loss)
+        return jax.jit(f)(v["params"]), str(jax.make_jaxpr(f)(v["params"]))
+
+    (out, jaxpr) = run()
+    # 16 px after the stem: 4 x 8 x 8 = 256 tiles, the smallest batch that takes Winograd
+    assert "_winograd_forward" in jaxpr, "stage 1 should run Winograd on CPU"
+    with conv.use_impl("xla"):
+        ref, ref_jaxpr = run()
+    assert "winograd" not in ref_jaxpr
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale),
+                 out, ref)
 
 
 # ------------------------------------------------------------ MobileNet, every alpha

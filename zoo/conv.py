@@ -375,10 +375,13 @@ _patch_grad_conv = _with_kernel_grad(
 # pixel against the transforms' memory traffic) and at most WINOGRAD_MAX_PIXELS pixels
 # per image (measured per layer, batch 32, BENCHMARKS.md: 1.1-2x faster from ResNet's
 # 56 px 64 -> 64 to 7 px 512 -> 512, slower at 147 px 32 -> 64 and 224 px 64 -> 64).
-# Not for outputs of 3 to 5 pixels a side (0.7-0.95x: the tiles overhang or are too few);
-# at 2 XLA:CPU's own is pathologically slow (2x2 256 -> 256: 26 ms, Winograd 1.2 ms).
+# Nor for fewer than WINOGRAD_MIN_TILES tiles in the batch (the rows of each of the 16
+# products; at 14 px 256 -> 256: 49 tiles (batch 1) 0.74x, 392 (batch 8) 1.45x; and each
+# Winograd layer adds ~0.2 s of compile time, which tiny layers never earn back), nor for
+# outputs of 3 to 5 pixels a side (0.7-0.95x at batch 32: the tiles overhang or are few).
 WINOGRAD_MIN_DEPTH = 24
 WINOGRAD_MAX_PIXELS = 80 * 80
+WINOGRAD_MIN_TILES = 256
 WINOGRAD_LOSING_SIDES = (3, 4, 5)
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
@@ -470,11 +473,11 @@ TAP_FORWARD_RATIO = 4
 MIXED_PATHS = ("tap", "tap_grad", "winograd", "im2col", "xla")
 
 
-def mixed_path(size: Sequence[int], kernel: Sequence[int], strides, padding,
+def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
                dilation=(1, 1)) -> str:
     """Which of :data:`MIXED_PATHS` the ``mixed`` formulation takes for an input of
-    ``size`` (h, w), a ``kernel`` of shape (kh, kw, in, out), ``strides``, ``padding``
-    (normalised) and ``dilation``.
+    ``shape`` (n, h, w, in), a ``kernel`` of shape (kh, kw, in, out), ``strides``,
+    ``padding`` (normalised) and ``dilation``.
 
     ``tap``: :func:`tap_conv` with the tap forward, ``tap_grad``: with XLA's forward (a
     stride-1 convolution with few outputs); ``winograd``: :func:`winograd_conv` (a stride-1
@@ -483,6 +486,7 @@ def mixed_path(size: Sequence[int], kernel: Sequence[int], strides, padding,
     convolution (:func:`padded_xla_conv`).
     """
     kh, kw, cin, cout = kernel
+    size = tuple(shape[1:3])
     unit = tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
     if unit and cout * TAP_GRAD_RATIO <= cin:
         return "tap" if cout * TAP_FORWARD_RATIO <= cin else "tap_grad"
@@ -490,7 +494,9 @@ def mixed_path(size: Sequence[int], kernel: Sequence[int], strides, padding,
             and size[0] * size[1] <= WINOGRAD_MAX_PIXELS:
         pads = explicit_pads(size, (3, 3), strides, dilation, padding)
         out = [n + lo + hi - 2 for n, (lo, hi) in zip(size, pads, strict=True)]
-        if winograd_pads(pads) and not set(out) & set(WINOGRAD_LOSING_SIDES):
+        tiles = shape[0] * -(-out[0] // 2) * -(-out[1] // 2)
+        if winograd_pads(pads) and tiles >= WINOGRAD_MIN_TILES \
+                and not set(out) & set(WINOGRAD_LOSING_SIDES):
             return "winograd"
     if tuple(strides) != (1, 1) and kh * kw * cin <= IM2COL_MAX_DEPTH:
         return "im2col"
@@ -501,7 +507,7 @@ def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     """The ``mixed`` formulation of a kxk convolution on CPU (the path :func:`mixed_path`
     names), every path with the kernel gradient over patches for few input channels
     (:func:`patch_kernel_grad`)."""
-    path = mixed_path(x.shape[1:3], kernel.shape, strides, padding, dilation)
+    path = mixed_path(x.shape, kernel.shape, strides, padding, dilation)
     if path in ("tap", "tap_grad"):
         pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, dilation, padding)
         return tap_conv(x, kernel, pads, path == "tap")
