@@ -172,7 +172,8 @@ CONV_SHAPES = (
     (32, 56, 256, 64, 1, 1, "SAME", False), (32, 28, 512, 128, 1, 1, "SAME", False),
     (32, 112, 32, 32, 3, 1, "SAME", True), (32, 112, 96, 96, 3, 2, "SAME", True),
     (32, 56, 144, 144, 3, 1, "SAME", True), (32, 14, 576, 576, 3, 1, "SAME", True),
-    (32, 19, 728, 728, 3, 1, "SAME", True),
+    (32, 19, 728, 728, 3, 1, "SAME", True), (32, 7, 512, 512, 3, 1, "SAME", False),
+    (32, 73, 80, 192, 3, 1, "VALID", False), (32, 112, 128, 128, 3, 1, "SAME", False),
 )
 
 
@@ -191,8 +192,12 @@ def _conv_impls(k: int, cin: int, s: tuple[int, int], pad: str, depthwise: bool)
 
         return {"xla": xla,
                 "matmul (shift)": functools.partial(_swap, conv.shift_depthwise, s, pad)}
-    return {"xla": functools.partial(_swap, conv.xla_conv, s, pad),
-            "matmul": functools.partial(_swap, conv.matmul_conv, s, pad)}
+    impls = {"xla": functools.partial(_swap, conv.xla_conv, s, pad),
+             "matmul": functools.partial(_swap, conv.matmul_conv, s, pad),
+             "mixed": functools.partial(_swap, conv.mixed_conv, s, pad)}
+    if k == 3 and s == (1, 1):
+        impls["winograd"] = functools.partial(_swap, conv.winograd_conv, s, pad)
+    return impls
 
 
 def _swap(f, s, pad, x, w):
@@ -206,14 +211,19 @@ def bench_convs(warmup: int, repeats: int) -> str:
 
     lines = ["| input | kernel | formulation | forward GFLOP/s | fwd+grad GFLOP/s |",
              "|---|---|---|---|---|"]
+    from zoo import conv
+
+    jit = functools.partial(jax.jit, compiler_options=conv.compiler_options())
     for n, size, cin, cout, k, stride, pad, depthwise in CONV_SHAPES:
         x = jax.random.normal(jax.random.PRNGKey(0), (n, size, size, cin))
         shape = (k, k, cin, 1) if depthwise else (k, k, cin, cout)
         w = jax.random.normal(jax.random.PRNGKey(1), shape) * 0.1
         for label, f in _conv_impls(k, cin, (stride, stride), pad, depthwise).items():
-            fwd = jax.jit(f)
+            if label == "mixed":
+                label += f" ({conv.mixed_path(x.shape, shape, (stride, stride), pad)})"
+            fwd = jit(f)
             macs = fwd(x, w).size * k * k * (1 if depthwise else cin)
-            grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1)))
+            grad = jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1)))
             t_f = _time(functools.partial(_run, fwd, x, w), warmup, repeats)
             t_g = _time(functools.partial(_run, grad, x, w), warmup, repeats)
             kind = f"{k}x{k}/{stride} {pad}" + (" depthwise" if depthwise else f" -> {cout}")
