@@ -162,10 +162,13 @@ def test_mixed_path_choice(size, kernel, strides, padding, path):
     assert conv.mixed_path(shape, kernel, s, conv.normalize_padding(padding)) == path
 
 
-def test_mixed_path_winograd_needs_enough_tiles_in_the_batch():
+def test_mixed_path_winograd_needs_enough_tiles_and_float32():
     pads = conv.normalize_padding("SAME")
     assert conv.mixed_path((1, 14, 14, 256), (3, 3, 256, 256), (1, 1), pads) == "xla"
     assert conv.mixed_path((6, 14, 14, 256), (3, 3, 256, 256), (1, 1), pads) == "winograd"
+    # float32 only: the transforms would round in bfloat16
+    assert conv.mixed_path((6, 14, 14, 256), (3, 3, 256, 256), (1, 1), pads, (1, 1),
+                           jnp.bfloat16) == "xla"
 
 
 def test_mixed_conv_takes_winograd_and_equals_xla():

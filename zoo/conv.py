@@ -474,14 +474,15 @@ MIXED_PATHS = ("tap", "tap_grad", "winograd", "im2col", "xla")
 
 
 def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
-               dilation=(1, 1)) -> str:
+               dilation=(1, 1), dtype: Any = jnp.float32) -> str:
     """Which of :data:`MIXED_PATHS` the ``mixed`` formulation takes for an input of
-    ``shape`` (n, h, w, in), a ``kernel`` of shape (kh, kw, in, out), ``strides``,
-    ``padding`` (normalised) and ``dilation``.
+    ``shape`` (n, h, w, in) and ``dtype``, a ``kernel`` of shape (kh, kw, in, out),
+    ``strides``, ``padding`` (normalised) and ``dilation``.
 
     ``tap``: :func:`tap_conv` with the tap forward, ``tap_grad``: with XLA's forward (a
     stride-1 convolution with few outputs); ``winograd``: :func:`winograd_conv` (a stride-1
-    3x3 one with many channels for its size); ``im2col``: one product over gathered patches
+    3x3 one with many channels for its size, in float32: its transforms round in the input
+    dtype, 2^-8 relative in bfloat16); ``im2col``: one product over gathered patches
     (a strided one over ``kh * kw * in <= IM2COL_MAX_DEPTH`` values); ``xla``: XLA's
     convolution (:func:`padded_xla_conv`).
     """
@@ -491,7 +492,7 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
     if unit and cout * TAP_GRAD_RATIO <= cin:
         return "tap" if cout * TAP_FORWARD_RATIO <= cin else "tap_grad"
     if unit and (kh, kw) == (3, 3) and cin * cout >= WINOGRAD_MIN_DEPTH * (cin + cout) \
-            and size[0] * size[1] <= WINOGRAD_MAX_PIXELS:
+            and size[0] * size[1] <= WINOGRAD_MAX_PIXELS and jnp.dtype(dtype) == jnp.float32:
         pads = explicit_pads(size, (3, 3), strides, dilation, padding)
         out = [n + lo + hi - 2 for n, (lo, hi) in zip(size, pads, strict=True)]
         tiles = shape[0] * -(-out[0] // 2) * -(-out[1] // 2)
@@ -505,9 +506,9 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
 
 def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     """The ``mixed`` formulation of a kxk convolution on CPU (the path :func:`mixed_path`
-    names), every path with the kernel gradient over patches for few input channels
-    (:func:`patch_kernel_grad`)."""
-    path = mixed_path(x.shape, kernel.shape, strides, padding, dilation)
+    names); the ``winograd``, ``im2col`` and ``xla`` paths take the kernel gradient over
+    patches for few input channels (:func:`_mixed_kernel_grad`), the tap paths their own."""
+    path = mixed_path(x.shape, kernel.shape, strides, padding, dilation, x.dtype)
     if path in ("tap", "tap_grad"):
         pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, dilation, padding)
         return tap_conv(x, kernel, pads, path == "tap")
