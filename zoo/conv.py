@@ -401,15 +401,21 @@ def winograd_pads(pads: Pads) -> bool:
     return all(0 <= p <= 2 for p in pads[0] + pads[1])
 
 
+def _winograd_grid(size: Sequence[int], pads: Pads) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The output size (oh, ow) of a 3x3 stride-1 conv over ``size`` with ``pads``, and its
+    2x2 tiles (th, tw); the last row / column of tiles may overhang (cropped)."""
+    oh, ow = (n + lo + hi - 2 for n, (lo, hi) in zip(size, pads, strict=True))
+    return (oh, ow), (-(-oh // 2), -(-ow // 2))
+
+
 @functools.partial(jax.jit, static_argnums=2)  # eagerly: one call, not ~100 small ops
 def _winograd_forward(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
     n, h, w, cin = x.shape
     cout = kernel.shape[-1]
-    (top, bottom), (left, right) = pads
-    oh, ow = h + top + bottom - 2, w + left + right - 2
+    (top, _), (left, _) = pads
+    (oh, ow), (th, tw) = _winograd_grid((h, w), pads)
     if oh < 1 or ow < 1:
         raise ValueError(f"input {(h, w)} (padded {pads}) is smaller than the kernel (3, 3)")
-    th, tw = -(-oh // 2), -(-ow // 2)  # tiles; the last row / column may overhang: cropped
     xp = jnp.pad(x, ((0, 0), (top, 2 * th + 2 - h - top), (left, 2 * tw + 2 - w - left),
                      (0, 0)))
     g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
@@ -440,9 +446,8 @@ def winograd_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     return _winograd_conv(x, kernel, strides, pads, dilation)
 
 
-def _winograd_input_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
-    pads = explicit_pads(x.shape[1:3], (3, 3), (1, 1), (1, 1), normalize_padding(padding))
-    flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+def _winograd_input_grad(x, dy, kernel, strides, pads, dilation) -> jax.Array:
+    flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # pads: _winograd_conv's, explicit
     return _winograd_forward(dy, flipped, _transposed_pads((3, 3), pads))
 
 
@@ -494,9 +499,8 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
     if unit and (kh, kw) == (3, 3) and cin * cout >= WINOGRAD_MIN_DEPTH * (cin + cout) \
             and size[0] * size[1] <= WINOGRAD_MAX_PIXELS and jnp.dtype(dtype) == jnp.float32:
         pads = explicit_pads(size, (3, 3), strides, dilation, padding)
-        out = [n + lo + hi - 2 for n, (lo, hi) in zip(size, pads, strict=True)]
-        tiles = shape[0] * -(-out[0] // 2) * -(-out[1] // 2)
-        if winograd_pads(pads) and tiles >= WINOGRAD_MIN_TILES \
+        out, (th, tw) = _winograd_grid(size, pads)
+        if winograd_pads(pads) and shape[0] * th * tw >= WINOGRAD_MIN_TILES \
                 and not set(out) & set(WINOGRAD_LOSING_SIDES):
             return "winograd"
     if tuple(strides) != (1, 1) and kh * kw * cin <= IM2COL_MAX_DEPTH:
@@ -509,11 +513,10 @@ def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     names); the ``winograd``, ``im2col`` and ``xla`` paths take the kernel gradient over
     patches for few input channels (:func:`_mixed_kernel_grad`), the tap paths their own."""
     path = mixed_path(x.shape, kernel.shape, strides, padding, dilation, x.dtype)
+    pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, dilation, padding)
     if path in ("tap", "tap_grad"):
-        pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, dilation, padding)
         return tap_conv(x, kernel, pads, path == "tap")
     if path == "winograd":
-        pads = explicit_pads(x.shape[1:3], (3, 3), strides, dilation, padding)
         return _winograd_conv(x, kernel, strides, pads, dilation)
     if path == "im2col":
         return _im2col_conv(x, kernel, strides, padding, dilation)
