@@ -63,6 +63,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from zoo import native
+
 Padding = str | int | Sequence[tuple[int, int]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -693,13 +695,14 @@ def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
 def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     """d(loss)/d(kernel): per tap, the sum over batch and space of window * dy.
 
-    One image at a time (``lax.map``), all kh*kw taps of it in one pass: an image's
-    windows stay in cache, where all images at once would make XLA:CPU materialise
+    On the CPU (multiplier 1, float32) the native kernel :func:`zoo.native.depthwise_kernel_grad`:
+    one pass for all taps, 4-10x faster than XLA's reductions. Otherwise, and on other
+    backends, one image at a time (``lax.map``), all kh*kw taps of it in one pass: an
+    image's windows stay in cache, where all images at once would make XLA:CPU materialise
     kh*kw activation-sized slices (measured 1.0-2x faster than one tap at a time).
     """
     kh, kw, c, m = kernel.shape
     pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
 
     def image(args):
         xi, dyi = args
@@ -708,8 +711,18 @@ def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
             views = [jnp.repeat(v, m, axis=-1) for v in views]
         return jnp.stack([jnp.sum(v[0] * dyi, axis=(0, 1), dtype=jnp.float32) for v in views])
 
-    grad = jax.lax.map(image, (xp, dy)).sum(0)
-    return grad.reshape(kernel.shape).astype(kernel.dtype)
+    def by_xla(x, dy):
+        xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+        grad = jax.lax.map(image, (xp, dy)).sum(0)
+        return grad.reshape(kernel.shape).astype(kernel.dtype)
+
+    def by_native(x, dy):
+        grad = native.depthwise_kernel_grad(x, dy, (kh, kw), strides, dilation, pads)
+        return grad.reshape(kernel.shape).astype(kernel.dtype)
+
+    if m == 1 and x.dtype == dy.dtype == jnp.float32 and native.available():
+        return jax.lax.platform_dependent(x, dy, cpu=by_native, default=by_xla)
+    return by_xla(x, dy)
 
 
 def _shift_input_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array | None:

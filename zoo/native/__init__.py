@@ -1,0 +1,156 @@
+"""Native CPU kernels, called from XLA as FFI custom calls and built on first use.
+
+One kernel so far, :func:`depthwise_kernel_grad` (``depthwise.cc``): the kernel gradient
+of a depthwise convolution in one pass over the input and ``dy``, all kh*kw taps at once.
+XLA:CPU computes it as one reduction per tap (it has no fusion that computes nine sums
+in one pass), reading the activations nine times; this is 4-10x faster at Xception's and
+the MobileNets' shapes (BENCHMARKS.md, "Session 7"). ``zoo.conv`` uses it inside the
+depthwise layers' gradient on the CPU only (``lax.platform_dependent``: the same traced
+function runs XLA's formulation on GPU and TPU).
+
+Building: the first call compiles ``depthwise.cc`` with the system C++ compiler
+(``$CXX``, else ``c++``; ``-O3 -march=native``) against the FFI headers of the installed
+jaxlib, into the cache (``$TRANSFER_ZOO_CACHE/native``, see
+:func:`zoo.weights.download.cache_dir`), under a name that changes with the source, the
+jaxlib, the compiler and the CPU; later processes load the file (about 2 s, once per
+machine). The file appears by an atomic rename, so parallel processes (pytest-xdist)
+never load a half-written one.
+
+``$ZOO_NATIVE`` chooses: ``auto`` (the default) uses the kernel if it builds, else warns
+once and keeps XLA's formulation; ``off`` never builds or uses it; ``on`` raises
+:class:`NativeBuildError` if it cannot be built (for CI and benchmarks that must measure
+it). The numbers are the same either way up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.weights.download import cache_dir
+
+SOURCE = Path(__file__).with_name("depthwise.cc")
+NATIVE_MODES = ("auto", "off", "on")
+CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+_TARGET = "zoo_depthwise_kernel_grad"
+
+
+class NativeBuildError(RuntimeError):
+    """The native kernels could not be compiled or loaded."""
+
+
+def mode() -> str:
+    """``$ZOO_NATIVE``: ``auto`` (default), ``off`` or ``on``."""
+    value = os.environ.get("ZOO_NATIVE", "auto")
+    if value not in NATIVE_MODES:
+        raise ValueError(f"ZOO_NATIVE={value!r} is not one of {NATIVE_MODES}")
+    return value
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [line for line in lines if line.split(":")[0].strip() in (
+        "model name", "flags", "Features", "CPU part")]
+    return "\n".join(sorted(set(keep))) or platform.processor()
+
+
+def library_path() -> Path:
+    """Where the compiled kernels of this source, jaxlib, compiler and CPU live."""
+    import jaxlib
+
+    cxx = os.environ.get("CXX", "c++")
+    key = hashlib.sha256("\0".join([
+        SOURCE.read_text(), jaxlib.__version__, cxx, " ".join(CXX_FLAGS), platform.machine(),
+        _cpu_id()]).encode()).hexdigest()[:16]
+    return cache_dir() / "native" / key / "libzoo_native.so"
+
+
+def build() -> Path:
+    """Compile the kernels into the cache (if not there yet) and return the file."""
+    lib = library_path()
+    if lib.exists():
+        return lib
+    if not hasattr(jax, "ffi"):
+        raise NativeBuildError(f"jax {jax.__version__} has no jax.ffi (needs jax >= 0.4.38)")
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise NativeBuildError(
+            f"no C++ compiler {cxx!r} on PATH: install g++ or clang (or set $CXX), or set "
+            "ZOO_NATIVE=off to use XLA's formulation")
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
+    cmd = [cxx, *CXX_FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(tmp)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NativeBuildError(f"{' '.join(cmd)} failed: {e}") from e
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise NativeBuildError(
+            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}\n"
+            "Set ZOO_NATIVE=off to use XLA's formulation.")
+    os.replace(tmp, lib)
+    return lib
+
+
+@functools.cache
+def _load() -> str | None:
+    """Build, load and register the kernels once per process: None, or why not."""
+    try:
+        lib = ctypes.CDLL(str(build()))
+        jax.ffi.register_ffi_target(
+            _TARGET, jax.ffi.pycapsule(lib.ZooDepthwiseKernelGrad), platform="cpu")
+    except (NativeBuildError, OSError, AttributeError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def available() -> bool:
+    """Whether the kernels are in use (``$ZOO_NATIVE``; built and registered on first call)."""
+    chosen = mode()
+    if chosen == "off":
+        return False
+    error = _load()
+    if error is None:
+        return True
+    if chosen == "on":
+        raise NativeBuildError(f"ZOO_NATIVE=on but the native kernels are unavailable: {error}")
+    _warn_once(error)
+    return False
+
+
+@functools.cache
+def _warn_once(error: str) -> None:
+    warnings.warn(f"zoo.native: using XLA's depthwise kernel gradient (slower on CPU): {error}",
+                  RuntimeWarning, stacklevel=3)
+
+
+def depthwise_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, dilation,
+                          pads) -> jax.Array:
+    """``(kh, kw, C)``: per tap, the sum over batch and space of window(x) * dy, for a
+    depthwise conv (multiplier 1) of ``x (N, H, W, C)`` with explicit ``pads`` giving
+    ``dy (N, OH, OW, C)``; float32, CPU only (call :func:`available` first)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
+    if x.dtype != jnp.float32 or dy.dtype != jnp.float32:
+        raise TypeError(f"the native depthwise kernel gradient is float32, got {x.dtype}, "
+                        f"{dy.dtype}")
+    i64 = np.int64
+    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((kh, kw, x.shape[-1]), jnp.float32),
+                            vmap_method="sequential")
+    return call(x, dy, kh=i64(kh), kw=i64(kw), sh=i64(sh), sw=i64(sw), dh=i64(dh), dw=i64(dw),
+                pt=i64(pads[0][0]), pl=i64(pads[1][0]))
