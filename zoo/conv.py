@@ -682,6 +682,27 @@ def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
 
 
 def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
+    """A depthwise conv: on the CPU (multiplier 1, float32) the native kernel
+    (:func:`zoo.native.depthwise_conv`, no padded copy of ``x``), else kh*kw shifted
+    multiply-adds (:func:`_shift_views_forward`)."""
+    kh, kw, c, m = kernel.shape
+    if not _native_depthwise(x, kernel):
+        return _shift_views_forward(x, kernel, strides, padding, dilation)
+    pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
+    return jax.lax.platform_dependent(
+        x, kernel,
+        cpu=lambda x, k: native.depthwise_conv(x, k.reshape(kh, kw, c), strides, dilation, pads),
+        default=lambda x, k: _shift_views_forward(x, k, strides, padding, dilation))
+
+
+def _native_depthwise(x, kernel) -> bool:
+    """Whether a depthwise conv of ``x`` by ``kernel`` may take the native CPU kernels."""
+    return (kernel.shape[3] == 1 and x.dtype == kernel.dtype == jnp.float32
+            and native.available())
+
+
+def _shift_views_forward(x, kernel, strides, padding, dilation) -> jax.Array:
+    """A depthwise conv as kh*kw shifted multiply-adds (XLA fuses them into one loop)."""
     kh, kw, c, m = kernel.shape
     views = _windows(x, (kh, kw), strides, dilation, padding)
     if m == 1:
@@ -720,26 +741,28 @@ def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
         grad = native.depthwise_kernel_grad(x, dy, (kh, kw), strides, dilation, pads)
         return grad.reshape(kernel.shape).astype(kernel.dtype)
 
-    if m == 1 and x.dtype == dy.dtype == jnp.float32 and native.available():
+    if _native_depthwise(x, kernel) and dy.dtype == jnp.float32:
         return jax.lax.platform_dependent(x, dy, cpu=by_native, default=by_xla)
     return by_xla(x, dy)
 
 
-def _shift_input_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array | None:
-    """d(loss)/dx of a stride-1 depthwise conv (multiplier 1): ``dy`` padded once and
-    correlated with the flipped kernel (None, i.e. autodiff, otherwise).
+def _shift_input_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
+    """d(loss)/dx of a depthwise conv. At stride 1 (multiplier 1): ``dy`` correlated with
+    the flipped kernel over ``dy`` padded by the transposed pads (:func:`_shift_forward`:
+    natively on the CPU); otherwise autodiff of the shifted multiply-adds (the native
+    forward pass has no derivative of its own).
 
     Autodiff pads each of the kh*kw products of ``dy`` to the input's size and adds them;
     XLA:CPU fuses whatever computes ``dy`` (a batch norm's gradient) into each of them.
     """
     kh, kw, _, m = kernel.shape
-    if m != 1 or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
-        return None
-    pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
-    back = _transposed_pads((kh, kw), pads)
-    if min(back[0] + back[1]) < 0:
-        return None
-    return _shift_forward(dy, kernel[::-1, ::-1], (1, 1), back, (1, 1))
+    if m == 1 and tuple(strides) == (1, 1) and tuple(dilation) == (1, 1):
+        pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, padding)
+        back = _transposed_pads((kh, kw), pads)
+        if min(back[0] + back[1]) >= 0:
+            return _shift_forward(dy, kernel[::-1, ::-1], (1, 1), back, (1, 1))
+    _, x_vjp = jax.vjp(lambda x: _shift_views_forward(x, kernel, strides, padding, dilation), x)
+    return x_vjp(dy)[0]
 
 
 shift_depthwise = _with_kernel_grad(

@@ -1,11 +1,17 @@
 """Native CPU kernels, called from XLA as FFI custom calls and built on first use.
 
-One kernel so far, :func:`depthwise_kernel_grad` (``depthwise.cc``): the kernel gradient
-of a depthwise convolution in one pass over the input and ``dy``, all kh*kw taps at once.
-XLA:CPU computes it as one reduction per tap (it has no fusion that computes nine sums
-in one pass), reading the activations nine times; this is 4-10x faster at Xception's and
-the MobileNets' shapes (BENCHMARKS.md, "Session 7"). ``zoo.conv`` uses it inside the
-depthwise layers' gradient on the CPU only (``lax.platform_dependent``: the same traced
+The depthwise convolution (multiplier 1, float32; ``depthwise.cc``), padding handled
+inside so no padded copy of an activation is written:
+
+- :func:`depthwise_conv`: the forward pass, and at stride 1 the input gradient (``dy``
+  with the flipped kernel); XLA:CPU pads the input in one pass and sums nine shifted
+  views in another;
+- :func:`depthwise_kernel_grad`: the kernel gradient in one pass over the input and
+  ``dy``, all kh*kw taps at once, where XLA:CPU runs one reduction per tap (it has no
+  fusion that computes nine sums in one pass): 4-10x faster at Xception's and the
+  MobileNets' shapes (BENCHMARKS.md, "Session 7").
+
+``zoo.conv`` calls them on the CPU only (``lax.platform_dependent``: the same traced
 function runs XLA's formulation on GPU and TPU).
 
 Building: the first call compiles ``depthwise.cc`` with the system C++ compiler
@@ -43,7 +49,8 @@ from zoo.weights.download import cache_dir
 SOURCE = Path(__file__).with_name("depthwise.cc")
 NATIVE_MODES = ("auto", "off", "on")
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
-_TARGET = "zoo_depthwise_kernel_grad"
+_TARGETS = {"zoo_depthwise_forward": "ZooDepthwiseForward",
+            "zoo_depthwise_kernel_grad": "ZooDepthwiseKernelGrad"}
 
 
 class NativeBuildError(RuntimeError):
@@ -113,8 +120,9 @@ def _load() -> str | None:
     """Build, load and register the kernels once per process: None, or why not."""
     try:
         lib = ctypes.CDLL(str(build()))
-        jax.ffi.register_ffi_target(
-            _TARGET, jax.ffi.pycapsule(lib.ZooDepthwiseKernelGrad), platform="cpu")
+        for target, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(
+                target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     except (NativeBuildError, OSError, AttributeError) as e:
         return f"{type(e).__name__}: {e}"
     return None
@@ -140,17 +148,30 @@ def _warn_once(error: str) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
+def _call(target: str, shape, a: jax.Array, b: jax.Array, strides, dilation, pads):
+    if a.dtype != jnp.float32 or b.dtype != jnp.float32:
+        raise TypeError(f"the native depthwise kernels are float32, got {a.dtype}, {b.dtype}")
+    (sh, sw), (dh, dw), i64 = strides, dilation, np.int64
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
+                            vmap_method="sequential")
+    return call(a, b, sh=i64(sh), sw=i64(sw), dh=i64(dh), dw=i64(dw), pt=i64(pads[0][0]),
+                pl=i64(pads[1][0]))
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, strides, dilation, pads) -> jax.Array:
+    """A depthwise conv (multiplier 1) of ``x (N, H, W, C)`` with ``kernel (kh, kw, C)`` and
+    explicit ``pads``: ``(N, OH, OW, C)``; float32, CPU only (call :func:`available` first)."""
+    kh, kw, _ = kernel.shape
+    oh, ow = ((size + sum(p) - (k - 1) * d - 1) // s + 1 for size, p, k, d, s
+              in zip(x.shape[1:3], pads, (kh, kw), dilation, strides, strict=True))
+    return _call("zoo_depthwise_forward", (x.shape[0], oh, ow, x.shape[3]), x, kernel, strides,
+                 dilation, pads)
+
+
 def depthwise_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, dilation,
                           pads) -> jax.Array:
     """``(kh, kw, C)``: per tap, the sum over batch and space of window(x) * dy, for a
     depthwise conv (multiplier 1) of ``x (N, H, W, C)`` with explicit ``pads`` giving
     ``dy (N, OH, OW, C)``; float32, CPU only (call :func:`available` first)."""
-    (kh, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
-    if x.dtype != jnp.float32 or dy.dtype != jnp.float32:
-        raise TypeError(f"the native depthwise kernel gradient is float32, got {x.dtype}, "
-                        f"{dy.dtype}")
-    i64 = np.int64
-    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((kh, kw, x.shape[-1]), jnp.float32),
-                            vmap_method="sequential")
-    return call(x, dy, kh=i64(kh), kw=i64(kw), sh=i64(sh), sw=i64(sw), dh=i64(dh), dw=i64(dw),
-                pt=i64(pads[0][0]), pl=i64(pads[1][0]))
+    return _call("zoo_depthwise_kernel_grad", (*kernel_size, x.shape[-1]), x, dy, strides,
+                 dilation, pads)

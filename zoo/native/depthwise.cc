@@ -1,19 +1,24 @@
-// The kernel gradient of a depthwise convolution (channel multiplier 1) on the CPU, as an
-// XLA FFI custom call: one pass over the input and dy that accumulates all
-// kh * kw taps at once, where XLA:CPU reads the activations once per tap (it has no
-// fusion that computes nine sums in one pass). The layout and the result are those of
-// zoo.conv._shift_kernel_grad: x (N, H, W, C), dy (N, OH, OW, C), out (KH, KW, C); the
-// input's top and left pads are attributes (taps outside the image add nothing).
+// Depthwise convolution (channel multiplier 1, float32) on the CPU as XLA FFI custom calls,
+// NHWC, the input's padding handled inside (taps outside the image add nothing), so no
+// padded copy of an activation is ever written:
 //
-// Built by zoo/native/__init__.py with the system C++ compiler against the FFI headers of
-// the installed jaxlib; float32 only.
+// - ZooDepthwiseForward: y (N, OH, OW, C) = sum over taps of window(x) * k, x (N, H, W, C),
+//   k (KH, KW, C). Also the input gradient at stride 1: dy with the flipped kernel.
+// - ZooDepthwiseKernelGrad: dk (KH, KW, C) = sum over batch and space of window(x) * dy,
+//   all taps in one pass over x and dy, where XLA:CPU reads the activations once per tap
+//   (it has no fusion that computes nine sums in one pass).
+//
+// The results are those of zoo.conv._shift_forward / _shift_kernel_grad up to float32
+// summation order. Built by zoo/native/__init__.py with the system C++ compiler against
+// the FFI headers of the installed jaxlib. Work is split over rows of the output between
+// the calling thread and XLA's intra-op thread pool.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -24,13 +29,102 @@ namespace {
 
 struct Geometry {
   int64_t n, h, w, c, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl;
+
+  // Output columns whose every tap is inside the image: [lo, hi).
+  int64_t lo() const { return std::min(ow, (pl + sw - 1) / sw); }
+  int64_t hi() const {
+    const int64_t last = w - 1 - (kw - 1) * dw + pl;  // largest ow * sw allowed
+    return std::max(lo(), std::min(ow, last < 0 ? 0 : last / sw + 1));
+  }
+  // The kh input rows of output row r = (n, oh); `zeros` (a row of w * c zeros) outside.
+  void Rows(const float* x, int64_t r, const float* zeros, const float** rows) const {
+    const int64_t b = r / oh, o = r % oh;
+    for (int64_t i = 0; i < kh; ++i) {
+      const int64_t row = o * sh - pt + i * dh;
+      rows[i] = (row < 0 || row >= h) ? zeros : x + (b * h + row) * w * c;
+    }
+  }
 };
 
-// Channels [c0, c0 + CB) of output columns [ow0, ow1) of one output row, every tap inside
-// the image, with the KH*KW*CB accumulators in registers (KH, KW, CB known at compile time).
+constexpr int kBlock = 32;  // channels kept in registers per pass (two AVX-512 vectors)
+
+// ---- forward -------------------------------------------------------------------------
+
+// Channels [c0, c0 + CB) of output columns [ow0, ow1) of one row, every tap inside the
+// image, the KH*KW*CB weights in registers.
 template <int KH, int KW, int CB>
-inline void RowBlock(const Geometry& g, const float* const* xrows, const float* dyrow,
-                     int64_t c0, int64_t ow0, int64_t ow1, float* acc) {
+inline void ForwardBlock(const Geometry& g, const float* const* xrows, const float* k,
+                         float* yrow, int64_t c0, int64_t ow0, int64_t ow1) {
+  float wt[KH * KW][CB];
+  for (int t = 0; t < KH * KW; ++t)
+    for (int c = 0; c < CB; ++c) wt[t][c] = k[t * g.c + c0 + c];
+  for (int64_t ow = ow0; ow < ow1; ++ow) {
+    const int64_t col = ow * g.sw - g.pl;
+    float a[CB] = {};
+    for (int i = 0; i < KH; ++i) {
+      for (int j = 0; j < KW; ++j) {
+        const float* xp = xrows[i] + (col + j * g.dw) * g.c + c0;
+#pragma GCC ivdep
+        for (int c = 0; c < CB; ++c) a[c] += xp[c] * wt[i * KW + j][c];
+      }
+    }
+    float* yp = yrow + ow * g.c + c0;
+    for (int c = 0; c < CB; ++c) yp[c] = a[c];
+  }
+}
+
+// Any kernel size, channels [c0, c1), output columns [ow0, ow1), taps outside skipped.
+inline void ForwardGeneric(const Geometry& g, const float* const* xrows, const float* k,
+                           float* yrow, int64_t c0, int64_t c1, int64_t ow0, int64_t ow1) {
+  for (int64_t ow = ow0; ow < ow1; ++ow) {
+    float* yp = yrow + ow * g.c;
+    for (int64_t c = c0; c < c1; ++c) yp[c] = 0.0f;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t col = ow * g.sw - g.pl + j * g.dw;
+        if (col < 0 || col >= g.w) continue;
+        const float* xp = xrows[i] + col * g.c;
+        const float* kp = k + (i * g.kw + j) * g.c;
+#pragma GCC ivdep
+        for (int64_t c = c0; c < c1; ++c) yp[c] += xp[c] * kp[c];
+      }
+    }
+  }
+}
+
+struct ForwardWorker {
+  const Geometry g;
+  const float *x, *k;
+  float* y;
+  std::vector<float> zeros;
+  std::vector<const float*> xrows;
+
+  ForwardWorker(const Geometry& g, const float* x, const float* k, float* y)
+      : g(g), x(x), k(k), y(y), zeros(g.w * g.c, 0.0f), xrows(g.kh) {}
+
+  void operator()(int64_t r0, int64_t r1) {
+    const int64_t blocked = (g.kh == 3 && g.kw == 3) ? g.c / kBlock * kBlock : 0;
+    const int64_t lo = g.lo(), hi = g.hi();
+    for (int64_t r = r0; r < r1; ++r) {
+      g.Rows(x, r, zeros.data(), xrows.data());
+      float* yrow = y + r * g.ow * g.c;
+      for (int64_t c0 = 0; c0 < blocked; c0 += kBlock)
+        ForwardBlock<3, 3, kBlock>(g, xrows.data(), k, yrow, c0, lo, hi);
+      if (blocked < g.c) ForwardGeneric(g, xrows.data(), k, yrow, blocked, g.c, lo, hi);
+      ForwardGeneric(g, xrows.data(), k, yrow, 0, g.c, 0, lo);
+      ForwardGeneric(g, xrows.data(), k, yrow, 0, g.c, hi, g.ow);
+    }
+  }
+  void Finish() {}
+};
+
+// ---- kernel gradient -----------------------------------------------------------------
+
+// Channels [c0, c0 + CB) of output columns [ow0, ow1) of one row, every tap inside the
+// image, the KH*KW*CB accumulators in registers.
+template <int KH, int KW, int CB>
+inline void KernelGradBlock(const Geometry& g, const float* const* xrows, const float* dyrow,
+                            int64_t c0, int64_t ow0, int64_t ow1, float* acc) {
   float a[KH * KW][CB];
   for (int t = 0; t < KH * KW; ++t)
     for (int c = 0; c < CB; ++c) a[t][c] = acc[t * g.c + c0 + c];
@@ -49,10 +143,9 @@ inline void RowBlock(const Geometry& g, const float* const* xrows, const float* 
     for (int c = 0; c < CB; ++c) acc[t * g.c + c0 + c] = a[t][c];
 }
 
-// Any kernel size, channels [c0, c1) of output columns [ow0, ow1), taps outside the image
-// skipped; accumulators in memory.
-inline void RowGeneric(const Geometry& g, const float* const* xrows, const float* dyrow,
-                       int64_t c0, int64_t c1, int64_t ow0, int64_t ow1, float* acc) {
+// Any kernel size, channels [c0, c1), output columns [ow0, ow1), taps outside skipped.
+inline void KernelGradGeneric(const Geometry& g, const float* const* xrows, const float* dyrow,
+                              int64_t c0, int64_t c1, int64_t ow0, int64_t ow1, float* acc) {
   for (int64_t ow = ow0; ow < ow1; ++ow) {
     const float* d = dyrow + ow * g.c;
     for (int64_t j = 0; j < g.kw; ++j) {
@@ -68,108 +161,130 @@ inline void RowGeneric(const Geometry& g, const float* const* xrows, const float
   }
 }
 
-constexpr int kBlock = 32;
-
-// Rows [r0, r1) of the flattened (n, oh) output rows into acc (KH * KW * C). A tap row
-// outside the image reads `zeros` (one row of W * C zeros).
-void Rows(const Geometry& g, const float* x, const float* dy, int64_t r0, int64_t r1,
-          const float* zeros, float* acc) {
-  std::vector<const float*> xrows(g.kh);
-  const int64_t blocked = (g.kh == 3 && g.kw == 3) ? g.c / kBlock * kBlock : 0;
-  // output columns whose every tap is inside the image: [lo, hi)
-  const int64_t lo = std::min(g.ow, (g.pl + g.sw - 1) / g.sw);
-  const int64_t last = g.w - 1 - (g.kw - 1) * g.dw + g.pl;  // largest ow * sw allowed
-  const int64_t hi = std::max(lo, std::min(g.ow, last < 0 ? 0 : last / g.sw + 1));
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / g.oh, oh = r % g.oh;
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t row = oh * g.sh - g.pt + i * g.dh;
-      xrows[i] = (row < 0 || row >= g.h) ? zeros : x + (n * g.h + row) * g.w * g.c;
-    }
-    const float* dyrow = dy + r * g.ow * g.c;
-    for (int64_t c0 = 0; c0 < blocked; c0 += kBlock)
-      RowBlock<3, 3, kBlock>(g, xrows.data(), dyrow, c0, lo, hi, acc);
-    if (blocked < g.c) RowGeneric(g, xrows.data(), dyrow, blocked, g.c, lo, hi, acc);
-    RowGeneric(g, xrows.data(), dyrow, 0, g.c, 0, lo, acc);
-    RowGeneric(g, xrows.data(), dyrow, 0, g.c, hi, g.ow, acc);
-  }
-}
-
-// Work shared by the caller and the pool's threads: chunks of rows taken from a counter,
-// each worker summing into its own accumulators, merged into out under a lock. The caller
-// waits only for chunks some thread has taken, so a task the pool starts late finds no
-// chunk and touches nothing (the state is shared, the output is not).
-struct Shared {
-  Geometry g;
-  const float* x;
-  const float* dy;
+// Sums its rows into its own accumulators; Finish adds them to the result (under a lock).
+struct KernelGradWorker {
+  const Geometry g;
+  const float *x, *dy;
   float* out;
+  std::vector<float> zeros, acc;
+  std::vector<const float*> xrows;
+
+  KernelGradWorker(const Geometry& g, const float* x, const float* dy, float* out)
+      : g(g), x(x), dy(dy), out(out), zeros(g.w * g.c, 0.0f), acc(g.kh * g.kw * g.c, 0.0f),
+        xrows(g.kh) {}
+
+  void operator()(int64_t r0, int64_t r1) {
+    const int64_t blocked = (g.kh == 3 && g.kw == 3) ? g.c / kBlock * kBlock : 0;
+    const int64_t lo = g.lo(), hi = g.hi();
+    for (int64_t r = r0; r < r1; ++r) {
+      g.Rows(x, r, zeros.data(), xrows.data());
+      const float* dyrow = dy + r * g.ow * g.c;
+      for (int64_t c0 = 0; c0 < blocked; c0 += kBlock)
+        KernelGradBlock<3, 3, kBlock>(g, xrows.data(), dyrow, c0, lo, hi, acc.data());
+      if (blocked < g.c)
+        KernelGradGeneric(g, xrows.data(), dyrow, blocked, g.c, lo, hi, acc.data());
+      KernelGradGeneric(g, xrows.data(), dyrow, 0, g.c, 0, lo, acc.data());
+      KernelGradGeneric(g, xrows.data(), dyrow, 0, g.c, hi, g.ow, acc.data());
+    }
+  }
+  void Finish() {
+    for (size_t t = 0; t < acc.size(); ++t) out[t] += acc[t];
+  }
+};
+
+// ---- work sharing --------------------------------------------------------------------
+
+// Rows [0, rows) in chunks taken from a shared counter by the calling thread and by
+// tasks on XLA's pool. A worker (its own buffers) is made when a thread takes its first
+// chunk; its Finish runs under the lock. The caller waits only for chunks some thread
+// has taken, so a task the pool starts late finds none and touches nothing but the
+// shared counter (kept alive by the task's own reference).
+struct Progress {
   int64_t rows, chunk, chunks;
   std::atomic<int64_t> next{0};
   std::mutex mu;
   std::condition_variable done;
-  int64_t finished = 0;  // chunks merged into out, under mu
+  int64_t finished = 0;  // chunks whose worker has finished, under mu
 };
 
-void Work(const std::shared_ptr<Shared>& s) {
-  std::vector<float> acc, zeros;
-  int64_t taken = 0;
-  for (int64_t k; (k = s->next.fetch_add(1)) < s->chunks; ++taken) {
-    if (acc.empty()) {
-      acc.assign(s->g.kh * s->g.kw * s->g.c, 0.0f);
-      zeros.assign(s->g.w * s->g.c, 0.0f);
+template <typename Worker, typename... Args>
+void ParallelRows(ffi::ThreadPool& pool, int64_t rows, Args... args) {
+  if (rows == 0) return;
+  auto p = std::make_shared<Progress>();
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  p->rows = rows;
+  p->chunk = (rows + 8 * threads - 1) / (8 * threads);
+  p->chunks = (rows + p->chunk - 1) / p->chunk;
+  auto work = [p, args...] {
+    std::optional<Worker> worker;
+    int64_t taken = 0;
+    for (int64_t k; (k = p->next.fetch_add(1)) < p->chunks; ++taken) {
+      if (!worker) worker.emplace(args...);
+      (*worker)(k * p->chunk, std::min(p->rows, (k + 1) * p->chunk));
     }
-    Rows(s->g, s->x, s->dy, k * s->chunk, std::min(s->rows, (k + 1) * s->chunk), zeros.data(),
-         acc.data());
-  }
-  if (taken == 0) return;
-  std::lock_guard<std::mutex> lock(s->mu);
-  for (size_t t = 0; t < acc.size(); ++t) s->out[t] += acc[t];
-  s->finished += taken;
-  if (s->finished == s->chunks) s->done.notify_all();
+    if (taken == 0) return;
+    std::lock_guard<std::mutex> lock(p->mu);
+    worker->Finish();
+    p->finished += taken;
+    if (p->finished == p->chunks) p->done.notify_all();
+  };
+  for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  std::unique_lock<std::mutex> lock(p->mu);
+  p->done.wait(lock, [&] { return p->finished == p->chunks; });
 }
 
-ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                               ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> out,
-                               int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh,
-                               int64_t dw, int64_t pt, int64_t pl) {
-  auto xd = x.dimensions(), dyd = dy.dimensions();
-  if (xd.size() != 4 || dyd.size() != 4 || xd[0] != dyd[0] || xd[3] != dyd[3])
-    return ffi::Error::InvalidArgument("depthwise kernel grad: x (N,H,W,C), dy (N,OH,OW,C)");
-  auto s = std::make_shared<Shared>();
-  s->g = Geometry{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], kh, kw, sh, sw, dh, dw, pt, pl};
-  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1 || pt < 0 || pl < 0)
-    return ffi::Error::InvalidArgument("depthwise kernel grad: bad kernel, strides or pads");
-  s->x = x.typed_data();
-  s->dy = dy.typed_data();
-  s->out = out->typed_data();
-  std::fill(s->out, s->out + kh * kw * s->g.c, 0.0f);
-  s->rows = s->g.n * s->g.oh;
-  if (s->rows == 0 || s->g.ow == 0) return ffi::Error::Success();
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  s->chunks = std::min<int64_t>(s->rows, 8 * threads);
-  s->chunk = (s->rows + s->chunks - 1) / s->chunks;
-  s->chunks = (s->rows + s->chunk - 1) / s->chunk;
-  for (int64_t t = 1; t < threads; ++t) pool.Schedule([s] { Work(s); });
-  Work(s);
-  std::unique_lock<std::mutex> lock(s->mu);
-  s->done.wait(lock, [&] { return s->finished == s->chunks; });
+std::optional<ffi::Error> Check(const Geometry& g) {
+  if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 || g.pt < 0 ||
+      g.pl < 0)
+    return ffi::Error::InvalidArgument("zoo depthwise: bad kernel size, strides, dilation or pads");
+  return std::nullopt;
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t dh,
+                   int64_t dw, int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), kd = k.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || kd.size() != 3 || yd.size() != 4 || xd[0] != yd[0] ||
+      xd[3] != kd[2] || xd[3] != yd[3])
+    return ffi::Error::InvalidArgument("zoo depthwise: x (N,H,W,C), k (KH,KW,C), y (N,OH,OW,C)");
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], kd[0], kd[1], sh, sw, dh, dw, pt, pl};
+  if (auto error = Check(g)) return *error;
+  ParallelRows<ForwardWorker>(pool, g.n * g.oh, g, x.typed_data(), k.typed_data(),
+                              y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> out, int64_t sh, int64_t sw, int64_t dh,
+                      int64_t dw, int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), dyd = dy.dimensions(), od = out->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || od.size() != 3 || xd[0] != dyd[0] ||
+      xd[3] != dyd[3] || xd[3] != od[2])
+    return ffi::Error::InvalidArgument("zoo depthwise: x (N,H,W,C), dy (N,OH,OW,C), dk (KH,KW,C)");
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], od[0], od[1], sh, sw, dh, dw, pt, pl};
+  if (auto error = Check(g)) return *error;
+  float* o = out->typed_data();
+  std::fill(o, o + g.kh * g.kw * g.c, 0.0f);
+  if (g.ow > 0)
+    ParallelRows<KernelGradWorker>(pool, g.n * g.oh, g, x.typed_data(), dy.typed_data(), o);
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseKernelGrad, DepthwiseKernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
+#define ZOO_DEPTHWISE_BINDING                  \
+  ffi::Ffi::Bind()                             \
+      .Ctx<ffi::ThreadPool>()                  \
+      .Arg<ffi::Buffer<ffi::F32>>()            \
+      .Arg<ffi::Buffer<ffi::F32>>()            \
+      .Ret<ffi::Buffer<ffi::F32>>()            \
+      .Attr<int64_t>("sh")                     \
+      .Attr<int64_t>("sw")                     \
+      .Attr<int64_t>("dh")                     \
+      .Attr<int64_t>("dw")                     \
+      .Attr<int64_t>("pt")                     \
+      .Attr<int64_t>("pl")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseForward, Forward, ZOO_DEPTHWISE_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseKernelGrad, KernelGrad, ZOO_DEPTHWISE_BINDING);
