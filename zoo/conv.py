@@ -614,8 +614,17 @@ def xla_max_pool(x, window, strides, pads) -> jax.Array:
 def shift_max_pool(x, window, strides, pads) -> jax.Array:
     """Max pooling from shifted views of the input, forward and gradient: a row pass then a
     column pass (XLA:CPU's ``reduce_window`` is 1.2-3.3x slower, batch 32, 3x3/2: 147 px
-    128 channels 196 -> 59 ms, 112 px 64 channels 32 -> 17)."""
-    return _separable_max_pool(x, window, strides, pads)
+    128 channels 196 -> 59 ms, 112 px 64 channels 32 -> 17). On the CPU (float32) the
+    native kernels instead (:func:`zoo.native.max_pool`, one pass each way)."""
+    return _max_pool_forward(x, window, strides, pads)
+
+
+def _max_pool_forward(x, window, strides, pads) -> jax.Array:
+    if not _native_float32(x):
+        return _separable_max_pool(x, window, strides, pads)
+    return jax.lax.platform_dependent(
+        x, cpu=lambda x: native.max_pool(x, window, strides, pads),
+        default=lambda x: _separable_max_pool(x, window, strides, pads))
 
 
 def _separable_max_pool(x, window, strides, pads) -> jax.Array:
@@ -626,7 +635,7 @@ def _separable_max_pool(x, window, strides, pads) -> jax.Array:
 
 
 def _max_pool_fwd(x, window, strides, pads):
-    y = _separable_max_pool(x, window, strides, pads)
+    y = _max_pool_forward(x, window, strides, pads)
     return y, (x, y)
 
 
@@ -639,9 +648,17 @@ def _max_pool_bwd(window, strides, pads, res, dy):
     (DenseNet121: the sum of 7 BN gradients, one 2-D pass took 0.5 s of a training step).
     """
     x, y = res
+    if _native_float32(x, y, dy):
+        return (jax.lax.platform_dependent(
+            x, y, dy, cpu=lambda x, y, dy: native.max_pool_grad(x, y, dy, window, strides, pads),
+            default=lambda x, y, dy: _separable_max_pool_grad(x, y, dy, window, strides, pads)),)
+    return (_separable_max_pool_grad(x, y, dy, window, strides, pads),)
+
+
+def _separable_max_pool_grad(x, y, dy, window, strides, pads) -> jax.Array:
     rows = _max_1d(x, y.shape[2], window[1], strides[1], pads[1], axis=2)  # (n, h, ow, c)
     d_rows = _first_max_grad_1d(rows, y, dy, window[0], strides[0], pads[0], axis=1)
-    return (_first_max_grad_1d(x, rows, d_rows, window[1], strides[1], pads[1], axis=2),)
+    return _first_max_grad_1d(x, rows, d_rows, window[1], strides[1], pads[1], axis=2)
 
 
 def _views_1d(x, n: int, k: int, s: int, pad: tuple[int, int], axis: int) -> list[jax.Array]:
@@ -697,8 +714,12 @@ def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
 
 def _native_depthwise(x, kernel) -> bool:
     """Whether a depthwise conv of ``x`` by ``kernel`` may take the native CPU kernels."""
-    return (kernel.shape[3] == 1 and x.dtype == kernel.dtype == jnp.float32
-            and native.available())
+    return kernel.shape[3] == 1 and _native_float32(x, kernel)
+
+
+def _native_float32(*arrays) -> bool:
+    """Whether the native CPU kernels (float32 only) may take these operands."""
+    return all(a.dtype == jnp.float32 for a in arrays) and native.available()
 
 
 def _shift_views_forward(x, kernel, strides, padding, dilation) -> jax.Array:
@@ -741,7 +762,7 @@ def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
         grad = native.depthwise_kernel_grad(x, dy, (kh, kw), strides, dilation, pads)
         return grad.reshape(kernel.shape).astype(kernel.dtype)
 
-    if _native_depthwise(x, kernel) and dy.dtype == jnp.float32:
+    if _native_depthwise(x, kernel) and _native_float32(dy):
         return jax.lax.platform_dependent(x, dy, cpu=by_native, default=by_xla)
     return by_xla(x, dy)
 

@@ -1,7 +1,7 @@
 """Native CPU kernels, called from XLA as FFI custom calls and built on first use.
 
-The depthwise convolution (multiplier 1, float32; ``depthwise.cc``), padding handled
-inside so no padded copy of an activation is written:
+The depthwise convolution (multiplier 1) and max pooling, float32 (``kernels.cc``), the
+padding handled inside so no padded copy of an activation is written:
 
 - :func:`depthwise_conv`: the forward pass, and at stride 1 the input gradient (``dy``
   with the flipped kernel); XLA:CPU pads the input in one pass and sums nine shifted
@@ -9,7 +9,10 @@ inside so no padded copy of an activation is written:
 - :func:`depthwise_kernel_grad`: the kernel gradient in one pass over the input and
   ``dy``, all kh*kw taps at once, where XLA:CPU runs one reduction per tap (it has no
   fusion that computes nine sums in one pass): 4-10x faster at Xception's and the
-  MobileNets' shapes (BENCHMARKS.md, "Session 7").
+  MobileNets' shapes (BENCHMARKS.md, "Session 7");
+- :func:`max_pool` and :func:`max_pool_grad`: max pooling and its gradient (to each
+  window's first maximum in row-major order, as XLA's select-and-scatter) in one pass
+  each, where XLA:CPU makes two 1-D passes that write padded views.
 
 ``zoo.conv`` calls them on the CPU only (``lax.platform_dependent``: the same traced
 function runs XLA's formulation on GPU and TPU).
@@ -46,11 +49,12 @@ import numpy as np
 
 from zoo.weights.download import cache_dir
 
-SOURCE = Path(__file__).with_name("depthwise.cc")
+SOURCE = Path(__file__).with_name("kernels.cc")
 NATIVE_MODES = ("auto", "off", "on")
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _TARGETS = {"zoo_depthwise_forward": "ZooDepthwiseForward",
-            "zoo_depthwise_kernel_grad": "ZooDepthwiseKernelGrad"}
+            "zoo_depthwise_kernel_grad": "ZooDepthwiseKernelGrad",
+            "zoo_max_pool": "ZooMaxPool", "zoo_max_pool_grad": "ZooMaxPoolGrad"}
 
 
 class NativeBuildError(RuntimeError):
@@ -144,28 +148,30 @@ def available() -> bool:
 
 @functools.cache
 def _warn_once(error: str) -> None:
-    warnings.warn(f"zoo.native: using XLA's depthwise kernel gradient (slower on CPU): {error}",
+    warnings.warn(f"zoo.native: using XLA's formulations (slower on CPU): {error}",
                   RuntimeWarning, stacklevel=3)
 
 
-def _call(target: str, shape, a: jax.Array, b: jax.Array, strides, dilation, pads):
-    if a.dtype != jnp.float32 or b.dtype != jnp.float32:
-        raise TypeError(f"the native depthwise kernels are float32, got {a.dtype}, {b.dtype}")
-    (sh, sw), (dh, dw), i64 = strides, dilation, np.int64
+def _call(target: str, shape, *args: jax.Array, **attrs: int) -> jax.Array:
+    if any(a.dtype != jnp.float32 for a in args):
+        raise TypeError(f"the native kernels are float32, got {[str(a.dtype) for a in args]}")
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
                             vmap_method="sequential")
-    return call(a, b, sh=i64(sh), sw=i64(sw), dh=i64(dh), dw=i64(dw), pt=i64(pads[0][0]),
-                pl=i64(pads[1][0]))
+    return call(*args, **{k: np.int64(v) for k, v in attrs.items()})
+
+
+def _out_size(size, pads, kernel, dilation, strides) -> tuple[int, int]:
+    return tuple((n + sum(p) - (k - 1) * d - 1) // s + 1 for n, p, k, d, s
+                 in zip(size, pads, kernel, dilation, strides, strict=True))
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, strides, dilation, pads) -> jax.Array:
     """A depthwise conv (multiplier 1) of ``x (N, H, W, C)`` with ``kernel (kh, kw, C)`` and
     explicit ``pads``: ``(N, OH, OW, C)``; float32, CPU only (call :func:`available` first)."""
-    kh, kw, _ = kernel.shape
-    oh, ow = ((size + sum(p) - (k - 1) * d - 1) // s + 1 for size, p, k, d, s
-              in zip(x.shape[1:3], pads, (kh, kw), dilation, strides, strict=True))
-    return _call("zoo_depthwise_forward", (x.shape[0], oh, ow, x.shape[3]), x, kernel, strides,
-                 dilation, pads)
+    (sh, sw), (dh, dw) = strides, dilation
+    oh, ow = _out_size(x.shape[1:3], pads, kernel.shape[:2], dilation, strides)
+    return _call("zoo_depthwise_forward", (x.shape[0], oh, ow, x.shape[3]), x, kernel, sh=sh,
+                 sw=sw, dh=dh, dw=dw, pt=pads[0][0], pl=pads[1][0])
 
 
 def depthwise_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, dilation,
@@ -173,5 +179,23 @@ def depthwise_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, dil
     """``(kh, kw, C)``: per tap, the sum over batch and space of window(x) * dy, for a
     depthwise conv (multiplier 1) of ``x (N, H, W, C)`` with explicit ``pads`` giving
     ``dy (N, OH, OW, C)``; float32, CPU only (call :func:`available` first)."""
-    return _call("zoo_depthwise_kernel_grad", (*kernel_size, x.shape[-1]), x, dy, strides,
-                 dilation, pads)
+    (sh, sw), (dh, dw) = strides, dilation
+    return _call("zoo_depthwise_kernel_grad", (*kernel_size, x.shape[-1]), x, dy, sh=sh, sw=sw,
+                 dh=dh, dw=dw, pt=pads[0][0], pl=pads[1][0])
+
+
+def max_pool(x: jax.Array, window, strides, pads) -> jax.Array:
+    """Max pooling of ``x (N, H, W, C)`` with explicit ``pads`` (-inf); float32, CPU only."""
+    (kh, kw), (sh, sw) = window, strides
+    oh, ow = _out_size(x.shape[1:3], pads, window, (1, 1), strides)
+    return _call("zoo_max_pool", (x.shape[0], oh, ow, x.shape[3]), x, kh=kh, kw=kw, sh=sh,
+                 sw=sw, pt=pads[0][0], pl=pads[1][0])
+
+
+def max_pool_grad(x: jax.Array, y: jax.Array, dy: jax.Array, window, strides,
+                  pads) -> jax.Array:
+    """d(loss)/dx of ``y = max_pool(x)``: ``dy`` to each window's first maximum in
+    row-major order; float32, CPU only."""
+    (kh, kw), (sh, sw) = window, strides
+    return _call("zoo_max_pool_grad", x.shape, x, y, dy, kh=kh, kw=kw, sh=sh, sw=sw,
+                 pt=pads[0][0], pl=pads[1][0])

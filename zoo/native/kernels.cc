@@ -1,21 +1,27 @@
-// Depthwise convolution (channel multiplier 1, float32) on the CPU as XLA FFI custom calls,
-// NHWC, the input's padding handled inside (taps outside the image add nothing), so no
-// padded copy of an activation is ever written:
+// Native CPU kernels called from XLA as FFI custom calls (float32, NHWC), the input's
+// padding handled inside (taps outside the image are skipped), so no padded copy of an
+// activation is ever written:
 //
 // - ZooDepthwiseForward: y (N, OH, OW, C) = sum over taps of window(x) * k, x (N, H, W, C),
-//   k (KH, KW, C). Also the input gradient at stride 1: dy with the flipped kernel.
+//   k (KH, KW, C) (channel multiplier 1). Also the input gradient at stride 1: dy with the
+//   flipped kernel.
 // - ZooDepthwiseKernelGrad: dk (KH, KW, C) = sum over batch and space of window(x) * dy,
 //   all taps in one pass over x and dy, where XLA:CPU reads the activations once per tap
 //   (it has no fusion that computes nine sums in one pass).
+// - ZooMaxPool, ZooMaxPoolGrad: max pooling (padding -inf) and its gradient, which goes
+//   to each window's first maximum in row-major order, in one pass (XLA:CPU: two 1-D
+//   passes, each writing padded views).
 //
-// The results are those of zoo.conv._shift_forward / _shift_kernel_grad up to float32
-// summation order. Built by zoo/native/__init__.py with the system C++ compiler against
-// the FFI headers of the installed jaxlib. Work is split over rows of the output between
-// the calling thread and XLA's intra-op thread pool.
+// The results are those of zoo.conv's XLA formulations (_shift_views_forward,
+// _shift_kernel_grad, _separable_max_pool and its gradient) up to float32 summation order.
+// Built by zoo/native/__init__.py with the system C++ compiler against the FFI headers of
+// the installed jaxlib. Work is split over rows (images, for the max-pool gradient) of the
+// output between the calling thread and XLA's intra-op thread pool.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -271,6 +277,110 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   return ffi::Error::Success();
 }
 
+// ---- max pooling (padding is -inf: taps outside the image are skipped) -----------------
+
+struct MaxPoolForwardWorker {
+  const Geometry g;
+  const float* x;
+  float* y;
+
+  MaxPoolForwardWorker(const Geometry& g, const float* x, float* y) : g(g), x(x), y(y) {}
+
+  void operator()(int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / g.oh, o = r % g.oh;
+      for (int64_t ow = 0; ow < g.ow; ++ow) {
+        float* yp = y + (r * g.ow + ow) * g.c;
+        for (int64_t c = 0; c < g.c; ++c) yp[c] = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t row = o * g.sh - g.pt + i;
+          if (row < 0 || row >= g.h) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t col = ow * g.sw - g.pl + j;
+            if (col < 0 || col >= g.w) continue;
+            const float* xp = x + ((b * g.h + row) * g.w + col) * g.c;
+#pragma GCC ivdep
+            for (int64_t c = 0; c < g.c; ++c) yp[c] = std::max(yp[c], xp[c]);
+          }
+        }
+      }
+    }
+  }
+  void Finish() {}
+};
+
+// The gradient goes to each window's first maximum in row-major order (XLA's
+// select-and-scatter): per channel, dy is added at the first tap equal to y and then
+// zeroed, so later equal taps add nothing. Whole images per chunk: windows overlap.
+struct MaxPoolGradWorker {
+  const Geometry g;
+  const float *x, *y, *dy;
+  float* dx;
+  std::vector<float> left;  // one pixel's dy not yet given to a tap
+
+  MaxPoolGradWorker(const Geometry& g, const float* x, const float* y, const float* dy,
+                    float* dx)
+      : g(g), x(x), y(y), dy(dy), dx(dx), left(g.c) {}
+
+  void operator()(int64_t n0, int64_t n1) {
+    std::fill(dx + n0 * g.h * g.w * g.c, dx + n1 * g.h * g.w * g.c, 0.0f);
+    for (int64_t b = n0; b < n1; ++b) {
+      for (int64_t o = 0; o < g.oh; ++o) {
+        for (int64_t ow = 0; ow < g.ow; ++ow) {
+          const int64_t at = ((b * g.oh + o) * g.ow + ow) * g.c;
+          const float* yp = y + at;
+          std::copy(dy + at, dy + at + g.c, left.begin());
+          float* lp = left.data();
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t row = o * g.sh - g.pt + i;
+            if (row < 0 || row >= g.h) continue;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t col = ow * g.sw - g.pl + j;
+              if (col < 0 || col >= g.w) continue;
+              const int64_t pixel = ((b * g.h + row) * g.w + col) * g.c;
+              const float* xp = x + pixel;
+              float* dp = dx + pixel;
+#pragma GCC ivdep
+              for (int64_t c = 0; c < g.c; ++c) {
+                const bool first = xp[c] == yp[c];
+                dp[c] += first ? lp[c] : 0.0f;
+                lp[c] = first ? 0.0f : lp[c];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  void Finish() {}
+};
+
+ffi::Error MaxPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
+                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0] || xd[3] != yd[3])
+    return ffi::Error::InvalidArgument("zoo max pool: x (N,H,W,C), y (N,OH,OW,C)");
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], kh, kw, sh, sw, 1, 1, pt, pl};
+  if (auto error = Check(g)) return *error;
+  ParallelRows<MaxPoolForwardWorker>(pool, g.n * g.oh, g, x.typed_data(), y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error MaxPoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
+                       ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx, int64_t kh,
+                       int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), yd = y.dimensions(), dyd = dy.dimensions(), dxd = dx->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0] || xd[3] != yd[3] ||
+      !std::equal(yd.begin(), yd.end(), dyd.begin(), dyd.end()) ||
+      !std::equal(xd.begin(), xd.end(), dxd.begin(), dxd.end()))
+    return ffi::Error::InvalidArgument("zoo max pool grad: x, dx (N,H,W,C), y, dy (N,OH,OW,C)");
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], kh, kw, sh, sw, 1, 1, pt, pl};
+  if (auto error = Check(g)) return *error;
+  ParallelRows<MaxPoolGradWorker>(pool, g.n, g, x.typed_data(), y.typed_data(), dy.typed_data(),
+                                  dx->typed_data());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define ZOO_DEPTHWISE_BINDING                  \
@@ -288,3 +398,28 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseForward, Forward, ZOO_DEPTHWISE_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseKernelGrad, KernelGrad, ZOO_DEPTHWISE_BINDING);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPool, MaxPool,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPoolGrad, MaxPoolGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
