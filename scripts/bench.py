@@ -184,14 +184,17 @@ def _run(f, *args) -> None:
 
 
 def _conv_impls(k: int, cin: int, s: tuple[int, int], pad: str, depthwise: bool) -> dict:
-    from zoo import conv
+    from zoo import conv, native
 
     if depthwise:
         def xla(x, w):
             return conv.xla_conv(x, w.reshape(k, k, 1, cin), s, pad, groups=cin)
 
-        return {"xla": xla,
-                "matmul (shift)": functools.partial(_swap, conv.shift_depthwise, s, pad)}
+        shift = functools.partial(_swap, conv.shift_depthwise, s, pad)
+        impls = {"xla": xla, "matmul (shift, XLA)": _under_native("off", shift)}
+        if native.available():
+            impls["matmul (shift, native)"] = _under_native("on", shift)
+        return impls
     impls = {"xla": functools.partial(_swap, conv.xla_conv, s, pad),
              "matmul": functools.partial(_swap, conv.matmul_conv, s, pad),
              "mixed": functools.partial(_swap, conv.mixed_conv, s, pad)}
@@ -202,6 +205,18 @@ def _conv_impls(k: int, cin: int, s: tuple[int, int], pad: str, depthwise: bool)
 
 def _swap(f, s, pad, x, w):
     return f(x, w, s, pad)
+
+
+def _under_native(mode: str, f):
+    """``f`` traced with the native kernels ``mode`` (its gradient too: see bench_convs)."""
+    from zoo import native
+
+    def run(*args):
+        with native.use_mode(mode):
+            return f(*args)
+
+    run.native_mode = mode
+    return run
 
 
 def bench_convs(warmup: int, repeats: int) -> str:
@@ -223,7 +238,10 @@ def bench_convs(warmup: int, repeats: int) -> str:
                 label += f" ({conv.mixed_path(x.shape, shape, (stride, stride), pad)})"
             fwd = jit(f)
             macs = fwd(x, w).size * k * k * (1 if depthwise else cin)
-            grad = jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1)))
+            grad = jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))
+            if hasattr(f, "native_mode"):  # the backward pass is traced after f returns
+                grad = _under_native(f.native_mode, grad)
+            grad = jit(grad)
             t_f = _time(functools.partial(_run, fwd, x, w), warmup, repeats)
             t_g = _time(functools.partial(_run, grad, x, w), warmup, repeats)
             kind = f"{k}x{k}/{stride} {pad}" + (" depthwise" if depthwise else f" -> {cout}")

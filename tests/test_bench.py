@@ -1,4 +1,5 @@
-"""scripts/bench.py: several rounds of one framework merge into medians."""
+"""scripts/bench.py: several rounds of one framework merge into medians; the conv table's
+depthwise rows (XLA, shifted multiply-adds with the native kernels off and on)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,28 @@ def test_rounds_merge_into_medians():
     assert merged["error"] == "worker exited with 9"  # reported, results kept
     failed = bench.merge_rounds([{"error": "worker exited with 1 before any result"}])
     assert failed["error"].startswith("worker exited with 1") and "models" not in failed
+
+
+def test_conv_table_times_the_depthwise_conv_with_and_without_native_kernels():
+    """``--convs`` rows for a depthwise conv: XLA's grouped conv, the shifted multiply-adds
+    traced with the native kernels off and (where they build) on; all the same numbers."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from scripts import bench
+    from zoo import native
+
+    impls = bench._conv_impls(3, 5, (1, 1), "SAME", depthwise=True)
+    expected = {"xla", "matmul (shift, XLA)"} | (
+        {"matmul (shift, native)"} if native.available() else set())
+    assert set(impls) == expected
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 8, 5))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 1))
+    for label, f in impls.items():
+        np.testing.assert_allclose(jax.jit(f)(x, w), impls["xla"](x, w), rtol=1e-5, atol=1e-5)
+        grad = jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))
+        if hasattr(f, "native_mode"):
+            grad = bench._under_native(f.native_mode, grad)
+            text = jax.jit(grad).trace(x, w).lower().as_text()
+            assert ("zoo_depthwise_kernel_grad" in text) == (f.native_mode == "on"), label

@@ -20,7 +20,7 @@ import zoo
 from zoo import conv, native
 
 ROOT = Path(__file__).resolve().parents[1]
-HAS_CXX = shutil.which(os.environ.get("CXX", "c++")) is not None
+HAS_CXX = shutil.which(native.compiler()) is not None
 needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler: the native kernels "
                                "cannot be built here (zoo falls back to XLA)")
 
@@ -81,6 +81,20 @@ def test_failed_build_falls_back_with_a_warning_or_raises_when_required(tmp_path
     assert on.returncode != 0
     assert "NativeBuildError: ZOO_NATIVE=on but the native kernels are unavailable" in on.stderr
     assert not list(tmp_path.rglob("*.so"))
+
+
+@needs_cxx
+def test_use_mode_overrides_the_environment_within_its_block(monkeypatch):
+    monkeypatch.setenv("ZOO_NATIVE", "on")
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 1))
+    with native.use_mode("off"):
+        assert native.mode() == "off" and not native.available()
+        assert "zoo_" not in lowered(jax.grad(_depthwise_and_pool, (0, 1)), x, w)
+    assert native.mode() == "on"
+    assert "zoo_depthwise_kernel_grad" in lowered(jax.grad(_depthwise_and_pool, (0, 1)), x, w)
+    with pytest.raises(ValueError, match="native mode 'fast' is not one of"):
+        with native.use_mode("fast"):
+            pass
 
 
 def _depthwise_and_pool(x, w):

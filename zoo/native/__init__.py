@@ -17,22 +17,25 @@ padding handled inside so no padded copy of an activation is written:
 ``zoo.conv`` calls them on the CPU only (``lax.platform_dependent``: the same traced
 function runs XLA's formulation on GPU and TPU).
 
-Building: the first call compiles ``depthwise.cc`` with the system C++ compiler
-(``$CXX``, else ``c++``; ``-O3 -march=native``) against the FFI headers of the installed
-jaxlib, into the cache (``$TRANSFER_ZOO_CACHE/native``, see
+Building: the first use compiles ``kernels.cc`` with the system C++ compiler (``$CXX``,
+else ``c++``, ``g++`` or ``clang++``; ``-O3 -march=native``, about 3 s) against the FFI
+headers of the installed jaxlib, into the cache (``$TRANSFER_ZOO_CACHE/native``, see
 :func:`zoo.weights.download.cache_dir`), under a name that changes with the source, the
-jaxlib, the compiler and the CPU; later processes load the file (about 2 s, once per
-machine). The file appears by an atomic rename, so parallel processes (pytest-xdist)
-never load a half-written one.
+jaxlib, the compiler and the CPU; later processes load that file. It appears by an
+atomic rename, so parallel processes (pytest-xdist) never load a half-written one.
 
-``$ZOO_NATIVE`` chooses: ``auto`` (the default) uses the kernel if it builds, else warns
-once and keeps XLA's formulation; ``off`` never builds or uses it; ``on`` raises
-:class:`NativeBuildError` if it cannot be built (for CI and benchmarks that must measure
-it). The numbers are the same either way up to float32 summation order.
+``$ZOO_NATIVE`` chooses: ``auto`` (the default) uses the kernels if they build, else warns
+once and keeps XLA's formulations; ``off`` never builds or uses them; ``on`` raises
+:class:`NativeBuildError` if they cannot be built (for CI and benchmarks that must measure
+them). ``with zoo.native.use_mode("off"):`` sets it for the code in the block. The choice
+is read when a function is traced: a function jitted before keeps its compiled choice.
+The numbers are the same either way up to float32 summation order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -61,12 +64,30 @@ class NativeBuildError(RuntimeError):
     """The native kernels could not be compiled or loaded."""
 
 
+_MODE_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "zoo_native_mode", default=None)
+
+
 def mode() -> str:
-    """``$ZOO_NATIVE``: ``auto`` (default), ``off`` or ``on``."""
-    value = os.environ.get("ZOO_NATIVE", "auto")
+    """:func:`use_mode`'s mode inside its block, else ``$ZOO_NATIVE``: ``auto`` (default),
+    ``off`` or ``on``."""
+    value = _MODE_OVERRIDE.get() or os.environ.get("ZOO_NATIVE", "auto")
     if value not in NATIVE_MODES:
         raise ValueError(f"ZOO_NATIVE={value!r} is not one of {NATIVE_MODES}")
     return value
+
+
+@contextlib.contextmanager
+def use_mode(value: str):
+    """Trace the code in the block with the native kernels ``on``, ``off`` or ``auto``
+    (before ``$ZOO_NATIVE``)."""
+    if value not in NATIVE_MODES:
+        raise ValueError(f"native mode {value!r} is not one of {NATIVE_MODES}")
+    token = _MODE_OVERRIDE.set(value)
+    try:
+        yield
+    finally:
+        _MODE_OVERRIDE.reset(token)
 
 
 def _cpu_id() -> str:
@@ -80,11 +101,18 @@ def _cpu_id() -> str:
     return "\n".join(sorted(set(keep))) or platform.processor()
 
 
+def compiler() -> str:
+    """``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on PATH (else ``c++``)."""
+    if os.environ.get("CXX"):
+        return os.environ["CXX"]
+    return next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), "c++")
+
+
 def library_path() -> Path:
     """Where the compiled kernels of this source, jaxlib, compiler and CPU live."""
     import jaxlib
 
-    cxx = os.environ.get("CXX", "c++")
+    cxx = compiler()
     key = hashlib.sha256("\0".join([
         SOURCE.read_text(), jaxlib.__version__, cxx, " ".join(CXX_FLAGS), platform.machine(),
         _cpu_id()]).encode()).hexdigest()[:16]
@@ -98,7 +126,7 @@ def build() -> Path:
         return lib
     if not hasattr(jax, "ffi"):
         raise NativeBuildError(f"jax {jax.__version__} has no jax.ffi (needs jax >= 0.4.38)")
-    cxx = os.environ.get("CXX", "c++")
+    cxx = compiler()
     if shutil.which(cxx) is None:
         raise NativeBuildError(
             f"no C++ compiler {cxx!r} on PATH: install g++ or clang (or set $CXX), or set "
