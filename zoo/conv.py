@@ -26,11 +26,15 @@ the same numbers:
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds (at stride 1 the input gradient too: over the padded output
   gradient, with the flipped kernel). XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
+  On the CPU, for multiplier 1 in float32, the forward pass, the kernel gradient and the
+  stride-1 input gradient are native kernels (:mod:`zoo.native`, one pass each, no padded
+  copies; a branch of ``lax.platform_dependent``, so GPU/TPU lowerings keep the above).
 - ``maxpool``: ``matmul`` computes the forward pass and the gradient from shifted views,
   a row pass then a column pass (in the gradient the first maximum of each window in
   row-major order gets it, as XLA's select-and-scatter); XLA:CPU's ``reduce_window`` is
   up to 3x slower, and its max-pool gradient (a reduce-window over indices, then a
-  scatter) cost a ResNet50 training step 12%.
+  scatter) cost a ResNet50 training step 12%. On the CPU (float32) both are native kernels
+  (:mod:`zoo.native`), one pass each.
 
 The formulation is chosen per backend (``jax.default_backend()``) from the table
 :data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
