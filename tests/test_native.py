@@ -188,6 +188,15 @@ def test_max_pool_equals_xla_exactly(native_mode, window, stride, padding, size)
         conv.shift_max_pool(x, window, stride, pads))), x)) == (native_mode == "on")
 
 
+def test_max_pool_propagates_nan(native_mode):
+    """A NaN in a window makes its maximum NaN (as XLA's), so a diverging run shows."""
+    x = jnp.zeros((1, 5, 5, 3)).at[0, 1, 1, 1].set(jnp.nan)
+    y = jax.jit(lambda x: conv.shift_max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))(x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(conv.xla_max_pool(
+        x, (3, 3), (2, 2), ((1, 1), (1, 1)))))
+    assert int(np.isnan(y).sum()) == 4  # pixel (1, 1) is in 2 x 2 of the 3x3/2 windows
+
+
 def test_native_kernels_under_vmap(native_mode):
     """``vmap`` of a function with the custom calls runs them once per element."""
     xs = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 6, 7, 5))

@@ -137,6 +137,7 @@ def build() -> Path:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
+        tmp.unlink(missing_ok=True)
         raise NativeBuildError(f"{' '.join(cmd)} failed: {e}") from e
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)

@@ -300,7 +300,8 @@ struct MaxPoolForwardWorker {
             if (col < 0 || col >= g.w) continue;
             const float* xp = x + ((b * g.h + row) * g.w + col) * g.c;
 #pragma GCC ivdep
-            for (int64_t c = 0; c < g.c; ++c) yp[c] = std::max(yp[c], xp[c]);
+            for (int64_t c = 0; c < g.c; ++c)  // a NaN wins, as in XLA's max
+              yp[c] = (xp[c] > yp[c] || xp[c] != xp[c]) ? xp[c] : yp[c];
           }
         }
       }
