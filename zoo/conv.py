@@ -55,8 +55,6 @@ between CPU, GPU and TPU:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import os
 import warnings
@@ -68,6 +66,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import native
+from zoo.settings import Setting
 
 Padding = str | int | Sequence[tuple[int, int]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -95,31 +94,20 @@ FORMULATIONS: dict[str, dict[str, str]] = {
 _DEFAULT = {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla"}
 
 
-_IMPL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "zoo_conv_impl", default=None)
+_IMPL = Setting("ZOO_CONV_IMPL", CONV_IMPLS, "auto")
 
 
 def conv_impl() -> str:
     """The global setting: :func:`use_impl`'s inside one, else ``$ZOO_CONV_IMPL``
     (``auto``, ``xla`` or ``matmul``); ``auto``."""
-    impl = _IMPL_OVERRIDE.get() or os.environ.get("ZOO_CONV_IMPL", "auto")
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"ZOO_CONV_IMPL={impl!r} is not one of {CONV_IMPLS}")
-    return impl
+    return _IMPL.get()
 
 
-@contextlib.contextmanager
 def use_impl(impl: str):
     """Within the block, trace every layer without its own ``impl`` as if
     ``$ZOO_CONV_IMPL`` were ``impl`` (``viz`` traces XLA's formulation: one convolution
     primitive per layer and the model's own FLOPs, whatever the backend)."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl={impl!r} is not one of {CONV_IMPLS}")
-    token = _IMPL_OVERRIDE.set(impl)
-    try:
-        yield
-    finally:
-        _IMPL_OVERRIDE.reset(token)
+    return _IMPL.use(impl)
 
 
 def backend_formulations(backend: str) -> dict[str, str]:

@@ -34,8 +34,6 @@ The numbers are the same either way up to float32 summation order.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import ctypes
 import functools
 import hashlib
@@ -50,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.settings import Setting
 from zoo.weights.download import cache_dir
 
 SOURCE = Path(__file__).with_name("kernels.cc")
@@ -64,30 +63,19 @@ class NativeBuildError(RuntimeError):
     """The native kernels could not be compiled or loaded."""
 
 
-_MODE_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "zoo_native_mode", default=None)
+_MODE = Setting("ZOO_NATIVE", NATIVE_MODES, "auto")
 
 
 def mode() -> str:
     """:func:`use_mode`'s mode inside its block, else ``$ZOO_NATIVE``: ``auto`` (default),
     ``off`` or ``on``."""
-    value = _MODE_OVERRIDE.get() or os.environ.get("ZOO_NATIVE", "auto")
-    if value not in NATIVE_MODES:
-        raise ValueError(f"ZOO_NATIVE={value!r} is not one of {NATIVE_MODES}")
-    return value
+    return _MODE.get()
 
 
-@contextlib.contextmanager
 def use_mode(value: str):
     """Trace the code in the block with the native kernels ``on``, ``off`` or ``auto``
     (before ``$ZOO_NATIVE``)."""
-    if value not in NATIVE_MODES:
-        raise ValueError(f"native mode {value!r} is not one of {NATIVE_MODES}")
-    token = _MODE_OVERRIDE.set(value)
-    try:
-        yield
-    finally:
-        _MODE_OVERRIDE.reset(token)
+    return _MODE.use(value)
 
 
 def _cpu_id() -> str:
