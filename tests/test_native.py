@@ -209,8 +209,8 @@ def test_native_kernels_under_vmap(native_mode):
 
 
 @needs_cxx
-@pytest.mark.parametrize("name, size", [
-    ("mobilenet", 32), pytest.param("xception", 71, marks=pytest.mark.slow)])
+@pytest.mark.slow  # whole models: 12-40 s each; the kernels' own tests are quick
+@pytest.mark.parametrize("name, size", [("mobilenet", 32), ("xception", 71)])
 def test_model_step_equals_without_native(monkeypatch, name, size):
     """A whole model's output and the gradients of every parameter: the same with the
     native kernels as with XLA's formulations. MobileNet: depthwise at strides 1 and 2;
