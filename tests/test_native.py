@@ -129,9 +129,15 @@ def test_native_only_for_float32_and_multiplier_1(monkeypatch):
                                  jnp.ones((3, 3, 4, 1), jnp.bfloat16))
 
 
-# kernel, stride, dilation, padding, (height, width), channels: the 3x3 cases run the
-# register-blocked loop (32 channels at a time) plus the remainder; others the generic one
+# kernel, stride, dilation, padding, (height, width), channels: 3x3 convs without dilation
+# run blocks of output columns (8 at stride 1, 4 at stride 2, then single columns) over
+# full and half SIMD vectors of channels plus a generic remainder; other 3x3 ones the
+# 32-channel register loop plus the remainder; the rest the generic loop
 DEPTHWISE_CASES = [
+    (3, 1, 1, "SAME", (5, 29), 56),
+    (3, 2, 1, "SAME", (6, 31), 100),
+    (3, 2, 1, "VALID", (7, 26), 27),
+    (3, 1, 1, ((1, 1), (2, 0)), (4, 21), 16),
     (3, 1, 1, "SAME", (9, 10), 70),
     (3, 2, 1, "SAME", (9, 10), 45),
     (3, 1, 2, "SAME", (8, 9), 33),

@@ -54,6 +54,30 @@ struct Geometry {
 
 constexpr int kBlock = 32;  // channels kept in registers per pass (two AVX-512 vectors)
 
+// Explicit SIMD vectors (GCC/Clang vector extensions: any ISA). The widest the target has,
+// so that -march=native on a CPU whose compiler tuning prefers 256-bit auto-vectorisation
+// (GCC on recent Intel Xeons) still uses AVX-512 registers; loads and stores unaligned.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef float VecW __attribute__((vector_size(kLanes * sizeof(float))));
+typedef float VecH __attribute__((vector_size(kLanes * sizeof(float) / 2)));
+
+template <typename V>
+inline V Load(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+inline void Store(float* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
 // ---- forward -------------------------------------------------------------------------
 
 // Channels [c0, c0 + CB) of output columns [ow0, ow1) of one row, every tap inside the
@@ -79,6 +103,29 @@ inline void ForwardBlock(const Geometry& g, const float* const* xrows, const flo
   }
 }
 
+// 3x3, dilation 1, stride SW: output columns [ow, ow + B) of one row for channels
+// [c, c + lanes of V), every tap inside the image. Each input vector loaded serves up to
+// three outputs (B + 2 loads per kernel row at stride 1, where one output at a time
+// loads 9 per output); accumulators and the 9 weights stay in registers.
+template <typename V, int SW, int B>
+inline void Forward3x3Cols(const Geometry& g, const float* const* xrows, const float* k,
+                           float* yrow, int64_t ow, int64_t c) {
+  constexpr int kIn = (B - 1) * SW + 3;
+  const int64_t col0 = ow * SW - g.pl;
+  V w[9];
+  for (int t = 0; t < 9; ++t) w[t] = Load<V>(k + t * g.c + c);
+  V acc[B];
+  for (int b = 0; b < B; ++b) acc[b] = V{};
+  for (int i = 0; i < 3; ++i) {
+    const float* xp = xrows[i] + col0 * g.c + c;
+    V in[kIn];
+    for (int q = 0; q < kIn; ++q) in[q] = Load<V>(xp + q * g.c);
+    for (int b = 0; b < B; ++b)
+      for (int j = 0; j < 3; ++j) acc[b] += in[b * SW + j] * w[i * 3 + j];
+  }
+  for (int b = 0; b < B; ++b) Store<V>(yrow + (ow + b) * g.c + c, acc[b]);
+}
+
 // Any kernel size, channels [c0, c1), output columns [ow0, ow1), taps outside skipped.
 inline void ForwardGeneric(const Geometry& g, const float* const* xrows, const float* k,
                            float* yrow, int64_t c0, int64_t c1, int64_t ow0, int64_t ow1) {
@@ -98,6 +145,28 @@ inline void ForwardGeneric(const Geometry& g, const float* const* xrows, const f
   }
 }
 
+// Output columns [ow0, ow1) of one row, all channels, every tap inside the image: blocks
+// of B columns (then single columns) through full vectors, then a half vector, then the
+// generic loop for the channels left.
+template <int SW, int B>
+void Forward3x3Row(const Geometry& g, const float* const* xrows, const float* k, float* yrow,
+                   int64_t ow0, int64_t ow1) {
+  constexpr int64_t kW = sizeof(VecW) / sizeof(float), kH = sizeof(VecH) / sizeof(float);
+  const int64_t full = g.c / kW * kW;
+  const bool half = g.c - full >= kH;
+  const int64_t vec = full + (half ? kH : 0);
+  int64_t ow = ow0;
+  for (; ow + B <= ow1; ow += B) {
+    for (int64_t c = 0; c < full; c += kW) Forward3x3Cols<VecW, SW, B>(g, xrows, k, yrow, ow, c);
+    if (half) Forward3x3Cols<VecH, SW, B>(g, xrows, k, yrow, ow, full);
+  }
+  for (; ow < ow1; ++ow) {
+    for (int64_t c = 0; c < full; c += kW) Forward3x3Cols<VecW, SW, 1>(g, xrows, k, yrow, ow, c);
+    if (half) Forward3x3Cols<VecH, SW, 1>(g, xrows, k, yrow, ow, full);
+  }
+  if (vec < g.c) ForwardGeneric(g, xrows, k, yrow, vec, g.c, ow0, ow1);
+}
+
 struct ForwardWorker {
   const Geometry g;
   const float *x, *k;
@@ -110,13 +179,20 @@ struct ForwardWorker {
 
   void operator()(int64_t r0, int64_t r1) {
     const int64_t blocked = (g.kh == 3 && g.kw == 3) ? g.c / kBlock * kBlock : 0;
+    const bool cols3x3 = g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1;
     const int64_t lo = g.lo(), hi = g.hi();
     for (int64_t r = r0; r < r1; ++r) {
       g.Rows(x, r, zeros.data(), xrows.data());
       float* yrow = y + r * g.ow * g.c;
-      for (int64_t c0 = 0; c0 < blocked; c0 += kBlock)
-        ForwardBlock<3, 3, kBlock>(g, xrows.data(), k, yrow, c0, lo, hi);
-      if (blocked < g.c) ForwardGeneric(g, xrows.data(), k, yrow, blocked, g.c, lo, hi);
+      if (cols3x3 && g.sw == 1) {
+        Forward3x3Row<1, 8>(g, xrows.data(), k, yrow, lo, hi);
+      } else if (cols3x3 && g.sw == 2) {
+        Forward3x3Row<2, 4>(g, xrows.data(), k, yrow, lo, hi);
+      } else {
+        for (int64_t c0 = 0; c0 < blocked; c0 += kBlock)
+          ForwardBlock<3, 3, kBlock>(g, xrows.data(), k, yrow, c0, lo, hi);
+        if (blocked < g.c) ForwardGeneric(g, xrows.data(), k, yrow, blocked, g.c, lo, hi);
+      }
       ForwardGeneric(g, xrows.data(), k, yrow, 0, g.c, 0, lo);
       ForwardGeneric(g, xrows.data(), k, yrow, 0, g.c, hi, g.ow);
     }
