@@ -157,9 +157,30 @@ def test_winograd_conv_refuses_what_it_cannot_compute(kwargs, message):
     ((56, 56), (3, 3, 64, 32), 1, "SAME", "tap_grad"),
     ((224, 224), (3, 3, 3, 32), 2, "SAME", "im2col")])  # MobileNet's stem
 def test_mixed_path_choice(size, kernel, strides, padding, path):
+    """Without the native kernels (GPU/TPU lowerings never see ``mixed``; ZOO_NATIVE=off)."""
     s = conv._pair(strides)
     shape = (32, *size, kernel[2])
-    assert conv.mixed_path(shape, kernel, s, conv.normalize_padding(padding)) == path
+    assert conv.mixed_path(shape, kernel, s, conv.normalize_padding(padding),
+                           native_kernels=False) == path
+
+
+@pytest.mark.parametrize("size, kernel, strides, padding, path", [
+    ((56, 56), (3, 3, 64, 64), 1, "SAME", "native"),  # ResNet's first stage
+    ((147, 147), (3, 3, 32, 64), 1, "VALID", "native"),  # Xception's stem
+    ((299, 299), (3, 3, 3, 32), 2, "VALID", "native"),
+    ((230, 230), (7, 7, 3, 64), 2, "VALID", "native"),  # ResNet's stem
+    ((104, 104), (3, 3, 64, 64), 1, "SAME", "native"),
+    ((56, 56), (3, 3, 128, 128), 2, "SAME", "native"),  # 1152 values per output
+    ((73, 73), (3, 3, 80, 192), 1, "VALID", "winograd"),  # 720 values: Winograd's
+    ((14, 14), (3, 3, 256, 256), 1, "SAME", "winograd"),
+    ((56, 56), (3, 3, 128, 32), 1, "SAME", "tap_native"),  # DenseNet's
+    ((28, 28), (5, 5, 64, 64), 1, "SAME", "xla"),  # 1600 values: too deep
+    ((28, 28), (3, 3, 64, 64), 3, "SAME", "xla")])  # column stride 3
+def test_mixed_path_choice_with_native_kernels(size, kernel, strides, padding, path):
+    s = conv._pair(strides)
+    shape = (32, *size, kernel[2])
+    assert conv.mixed_path(shape, kernel, s, conv.normalize_padding(padding),
+                           native_kernels=True) == path
 
 
 def test_mixed_path_winograd_needs_enough_tiles_and_float32():
@@ -172,8 +193,8 @@ def test_mixed_path_winograd_needs_enough_tiles_and_float32():
 
 
 def test_mixed_conv_takes_winograd_and_equals_xla():
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 15, 48))
-    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 48, 64)) * 0.1
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 15, 72))  # 648 values per output
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 72, 64)) * 0.1
     pads = conv.normalize_padding("SAME")
     assert conv.mixed_path(x.shape, w.shape, (1, 1), pads) == "winograd"
     jaxpr = str(jax.make_jaxpr(lambda x, w: conv.mixed_conv(x, w, (1, 1), pads))(x, w))
@@ -182,15 +203,15 @@ def test_mixed_conv_takes_winograd_and_equals_xla():
                          lambda w, x: conv.xla_conv(x, w, (1, 1), pads), w, x)
 
 
-@pytest.mark.parametrize("tap_forward", [True, False])
+@pytest.mark.parametrize("forward", conv.TAP_FORWARDS)
 @pytest.mark.parametrize("kernel, pads", [(3, ((3, 0), (0, 2))), (5, ((0, 0), (1, 4))),
                                           ((3, 1), ((1, 1), (0, 0)))])
-def test_tap_conv_equals_xla(kernel, pads, tap_forward):
+def test_tap_conv_equals_xla(kernel, pads, forward):
     """Any explicit padding, also past kernel - 1 (outputs that see only padding)."""
     kh, kw = conv._pair(kernel)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 7, 16))
     w = jax.random.normal(jax.random.PRNGKey(1), (kh, kw, 16, 5))
-    assert_same_function(lambda w, x: conv.tap_conv(x, w, pads, tap_forward),
+    assert_same_function(lambda w, x: conv.tap_conv(x, w, pads, forward),
                          lambda w, x: conv.xla_conv(x, w, (1, 1), pads), w, x)
 
 
@@ -369,6 +390,7 @@ def test_resnet_with_winograd_layers_is_the_same_function_as_with_xla(monkeypatc
     if jax.default_backend() != "cpu":
         pytest.skip("mixed (and so Winograd) is the CPU table's formulation")
     monkeypatch.delenv("ZOO_CONV_IMPL", raising=False)
+    monkeypatch.setenv("ZOO_NATIVE", "off")  # stage 1 would run the native convolution
     model = zoo.create("resnet18", num_classes=5)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 64, 64, 3))
     v = jax.jit(model.init)(jax.random.PRNGKey(1), x)

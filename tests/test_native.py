@@ -170,6 +170,68 @@ def test_depthwise_equals_xla(native_mode, kernel, stride, dilation, padding, si
     assert ("zoo_depthwise_kernel_grad" in text) == (native_mode == "on")
 
 
+# kernel, stride, padding, (height, width), in, out: blocks of 6 output columns (3 without
+# AVX-512) and single ones, 4/3/2/1 vectors of output channels and a scalar remainder,
+# border columns over the taps inside, rows outside skipped; the tap paths' native forward
+NATIVE_CONV_CASES = [
+    (3, 1, "VALID", (9, 23), 5, 80),
+    (3, 1, "SAME", (7, 20), 16, 91),
+    (3, 2, "SAME", (9, 26), 3, 32),
+    (3, 2, "VALID", (10, 27), 8, 40),
+    (7, 2, "SAME", (12, 30), 3, 24),
+    (3, (2, 1), ((1, 2), (0, 2)), (8, 19), 6, 19),
+    ((1, 7), 1, "SAME", (5, 17), 12, 48),
+    ((7, 1), 1, "SAME", (17, 5), 12, 7),
+    (5, 1, ((4, 0), (0, 4)), (6, 14), 4, 33),  # pads up to kernel - 1
+    (3, 1, "SAME", (1, 1), 20, 17),
+    (3, 1, "SAME", (6, 18), 64, 16),  # few outputs: tap gradients, native forward
+]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size, cin, cout", NATIVE_CONV_CASES)
+def test_native_conv_equals_xla(native_mode, kernel, stride, padding, size, cin, cout):
+    """``mixed`` with the native dense convolution (forward; input gradient at stride 1):
+    XLA's values and both gradients; with the kernels off, the paths they replace."""
+    (kh, kw), s = conv._pair(kernel), conv._pair(stride)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, *size, cin))
+    w = jax.random.normal(jax.random.PRNGKey(1), (kh, kw, cin, cout)) * 0.2
+    pads = conv.normalize_padding(padding)
+    path = conv.mixed_path(x.shape, w.shape, s, pads)
+    if native_mode == "on":
+        assert path in ("native", "tap_native")
+    else:
+        assert "native" not in path
+    assert_same_function(lambda w, x: conv.mixed_conv(x, w, s, pads),
+                         lambda w, x: conv.xla_conv(x, w, s, pads), w, x)
+    text = lowered(jax.grad(lambda w, x: jnp.sum(conv.mixed_conv(x, w, s, pads) ** 2),
+                            (0, 1)), w, x)
+    assert text.count("zoo_conv") == ((path == "native" and s == (1, 1)) + 1
+                                      if native_mode == "on" else 0)
+
+
+@needs_cxx
+def test_native_conv_only_where_it_fits(monkeypatch):
+    """Not for bfloat16, dilation, a column stride past 2, or more than
+    NATIVE_CONV_MAX_DEPTH kernel values per output; and off with the native kernels."""
+    monkeypatch.setenv("ZOO_NATIVE", "on")
+    pads = conv.normalize_padding("SAME")
+    path = lambda *a, **k: conv.mixed_path((32, 28, 28, 16), *a, **k)  # noqa: E731
+    assert path((3, 3, 16, 16), (1, 1), pads) == "native"
+    assert path((3, 3, 16, 16), (1, 1), pads, (1, 1), jnp.bfloat16) != "native"
+    assert path((3, 3, 16, 16), (1, 1), pads, (2, 2)) != "native"
+    assert path((3, 3, 16, 16), (1, 3), pads) != "native"
+    assert path((3, 3, 16, 16), (1, 1), pads, native_kernels=False) != "native"
+    deep = conv.NATIVE_CONV_MAX_DEPTH // 9 + 1
+    assert conv.mixed_path((32, 28, 28, deep), (3, 3, deep, 16), (2, 2), pads) != "native"
+    with native.use_mode("off"):
+        assert path((3, 3, 16, 16), (1, 1), pads) != "native"
+    x, w = jnp.ones((2, 9, 9, 16)), jnp.ones((3, 3, 16, 16))
+    f = jax.grad(lambda w, x: jnp.sum(conv.mixed_conv(x, w, (1, 1), pads)), (0, 1))
+    assert "zoo_conv" in lowered(f, w, x)
+    for platform in ("cuda", "tpu"):
+        assert "zoo_" not in lowered(f, w, x, platforms=(platform,))
+
+
 @pytest.mark.parametrize("window, stride, padding, size", [
     (3, 2, "SAME", (147, 20)), (3, 2, "VALID", (9, 10)), (2, 2, "SAME", (7, 9)),
     (3, 1, "SAME", (8, 8)), ((1, 3), (1, 2), ((0, 0), (1, 2)), (5, 9)), (3, 2, "SAME", (1, 1))])
@@ -216,11 +278,13 @@ def test_native_kernels_under_vmap(native_mode):
 
 @needs_cxx
 @pytest.mark.slow  # whole models: 12-40 s each; the kernels' own tests are quick
-@pytest.mark.parametrize("name, size", [("mobilenet", 32), ("xception", 71)])
+@pytest.mark.parametrize("name, size", [("mobilenet", 32), ("xception", 71),
+                                        ("resnet18", 64)])
 def test_model_step_equals_without_native(monkeypatch, name, size):
     """A whole model's output and the gradients of every parameter: the same with the
     native kernels as with XLA's formulations. MobileNet: depthwise at strides 1 and 2;
-    Xception: depthwise and max-pool blocks with residuals.
+    Xception: depthwise and max-pool blocks with residuals; the three: native dense
+    convolutions (the stems; ResNet18's first stage, with its input gradients).
 
     Inference-mode batch norm: in training mode, 2 images of 32-71 px give batch norms of
     2-50 values, where rounding alone moves results by 1e-3. The output is compared to
@@ -241,8 +305,10 @@ def test_model_step_equals_without_native(monkeypatch, name, size):
     for mode in ("on", "off"):
         monkeypatch.setenv("ZOO_NATIVE", mode)
         step = jax.value_and_grad(loss)
-        assert ("zoo_depthwise_kernel_grad" in lowered(step, variables["params"])) == (
-            mode == "on")
+        text = lowered(step, variables["params"])
+        assert ("zoo_conv" in text) == (mode == "on")
+        if name != "resnet18":
+            assert ("zoo_depthwise_kernel_grad" in text) == (mode == "on")
         results[mode] = jax.jit(step)(variables["params"])
     (loss_on, grads_on), (loss_off, grads_off) = results["on"], results["off"]
     np.testing.assert_allclose(loss_on, loss_off, rtol=1e-5)

@@ -461,6 +461,56 @@ _im2col_conv = _with_kernel_grad(
     matmul_conv, _mixed_kernel_grad, "im2col_conv",
     "One product over gathered patches, with the kernel gradient over patches.")
 
+# On the CPU (float32, the native kernels available) a convolution with a column stride of
+# 1 or 2, no dilation and at most NATIVE_CONV_MAX_DEPTH kernel values per output
+# (kh * kw * in) runs forward natively (:func:`zoo.native.conv`: output columns x output
+# channels in registers, no padded copy), and so does its input gradient at stride 1 (the
+# flipped kernel over dy, if that is as shallow); one deeper than NATIVE_CONV_WINOGRAD_DEPTH
+# that Winograd takes keeps Winograd. Measured per layer, batch 32, ms (XLA's or the path
+# it replaces -> native): Xception's stem 3x3 32 -> 64 at 147 px 'valid' 209 -> 88, its
+# 3x3/2 RGB stem 43 -> 12, ResNet's 7x7/2 RGB stem 71 -> 31 and 3x3 64 -> 64 at 56 px
+# (Winograd) 40 -> 20, VGG's 3x3 64 -> 64 at 224 px 481 -> 364, DenseNet's 3x3 128 -> 32
+# (tap) 10.3 -> 7.2, 3x3/2 128 -> 128 at 56 px 37 -> 26; deeper ones lose (3x3 256 -> 256
+# at 14 px: Winograd 20, native 52: the kernel no longer stays in cache).
+NATIVE_CONV_MAX_DEPTH = 1152
+NATIVE_CONV_WINOGRAD_DEPTH = 576
+
+
+def _native_conv_fits(kernel: Sequence[int], strides, dilation, dtype) -> bool:
+    """Whether the native dense convolution takes a ``kernel`` (kh, kw, in, out) shape."""
+    kh, kw, cin, _ = kernel
+    return (kh * kw * cin <= NATIVE_CONV_MAX_DEPTH and strides[1] in (1, 2)
+            and tuple(dilation) == (1, 1) and jnp.dtype(dtype) == jnp.float32)
+
+
+def _native_conv_forward(x, kernel, strides, pads, dilation=(1, 1)) -> jax.Array:
+    """The native dense convolution on the CPU, XLA's elsewhere or without the native
+    kernels (explicit ``pads``)."""
+    if not _native_float32(x, kernel):
+        return padded_xla_conv(x, kernel, strides, pads, dilation)
+    return jax.lax.platform_dependent(
+        x, kernel, cpu=lambda x, k: native.conv(x, k, strides, pads),
+        default=lambda x, k: padded_xla_conv(x, k, strides, pads, dilation))
+
+
+def _native_conv_input_grad(x, dy, kernel, strides, pads, dilation) -> jax.Array:
+    """At stride 1 the flipped, transposed kernel over ``dy`` (natively, if it fits), else
+    XLA's input gradient."""
+    kh, kw, cin, cout = kernel.shape
+    back = _transposed_pads((kh, kw), pads)
+    if tuple(strides) == (1, 1) and min(back[0] + back[1]) >= 0 \
+            and _native_conv_fits((kh, kw, cout, cin), strides, dilation, dy.dtype):
+        flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+        return _native_conv_forward(dy, flipped, (1, 1), back)
+    _, x_vjp = jax.vjp(lambda x: padded_xla_conv(x, kernel, strides, pads, dilation), x)
+    return x_vjp(dy)[0]
+
+
+_native_conv = _with_kernel_grad(
+    _native_conv_forward, _mixed_kernel_grad, "native_conv",
+    "The native dense convolution forward (and input gradient at stride 1), the kernel "
+    "gradient as `mixed`'s.", _native_conv_input_grad)
+
 # A stride-1 convolution with at most in / TAP_GRAD_RATIO outputs takes its gradients from
 # the output taps (:func:`tap_conv`), and with at most in / TAP_FORWARD_RATIO outputs its
 # forward pass too (measured per layer, BENCHMARKS.md: DenseNet's 3x3 128 -> 32 gradients
@@ -469,27 +519,38 @@ TAP_GRAD_RATIO = 2
 TAP_FORWARD_RATIO = 4
 
 
-MIXED_PATHS = ("tap", "tap_grad", "winograd", "im2col", "xla")
+MIXED_PATHS = ("tap", "tap_grad", "tap_native", "native", "winograd", "im2col", "xla")
 
 
 def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
-               dilation=(1, 1), dtype: Any = jnp.float32) -> str:
+               dilation=(1, 1), dtype: Any = jnp.float32, native_kernels: bool | None = None
+               ) -> str:
     """Which of :data:`MIXED_PATHS` the ``mixed`` formulation takes for an input of
     ``shape`` (n, h, w, in) and ``dtype``, a ``kernel`` of shape (kh, kw, in, out),
     ``strides``, ``padding`` (normalised) and ``dilation``.
 
-    ``tap``: :func:`tap_conv` with the tap forward, ``tap_grad``: with XLA's forward (a
-    stride-1 convolution with few outputs); ``winograd``: :func:`winograd_conv` (a stride-1
-    3x3 one with many channels for its size, in float32: its transforms round in the input
-    dtype, 2^-8 relative in bfloat16); ``im2col``: one product over gathered patches
-    (a strided one over ``kh * kw * in <= IM2COL_MAX_DEPTH`` values); ``xla``: XLA's
-    convolution (:func:`padded_xla_conv`).
+    ``tap``: :func:`tap_conv` with the tap forward, ``tap_grad``: with XLA's forward,
+    ``tap_native``: with the native forward (a stride-1 convolution with few outputs);
+    ``native``: the native forward pass (:data:`NATIVE_CONV_MAX_DEPTH`), and input gradient
+    at stride 1; ``winograd``: :func:`winograd_conv` (a stride-1 3x3 one with many channels
+    for its size, in float32: its transforms round in the input dtype, 2^-8 relative in
+    bfloat16); ``im2col``: one product over gathered patches (a strided one over
+    ``kh * kw * in <= IM2COL_MAX_DEPTH`` values); ``xla``: XLA's convolution
+    (:func:`padded_xla_conv`). ``native_kernels`` (default: whether :mod:`zoo.native` is in
+    use) says whether the native paths may be taken.
     """
     kh, kw, cin, cout = kernel
     size = tuple(shape[1:3])
     unit = tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
+    if native_kernels is None:
+        native_kernels = jnp.dtype(dtype) == jnp.float32 and native.available()
+    fits = native_kernels and _native_conv_fits(kernel, strides, dilation, dtype)
     if unit and cout * TAP_GRAD_RATIO <= cin:
+        if fits:
+            return "tap_native"
         return "tap" if cout * TAP_FORWARD_RATIO <= cin else "tap_grad"
+    if fits and kh * kw * cin <= NATIVE_CONV_WINOGRAD_DEPTH:
+        return "native"
     if unit and (kh, kw) == (3, 3) and cin * cout >= WINOGRAD_MIN_DEPTH * (cin + cout) \
             and size[0] * size[1] <= WINOGRAD_MAX_PIXELS and jnp.dtype(dtype) == jnp.float32:
         pads = explicit_pads(size, (3, 3), strides, dilation, padding)
@@ -497,6 +558,8 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
         if winograd_pads(pads) and shape[0] * th * tw >= WINOGRAD_MIN_TILES \
                 and not set(out) & set(WINOGRAD_LOSING_SIDES):
             return "winograd"
+    if fits:
+        return "native"
     if tuple(strides) != (1, 1) and kh * kw * cin <= IM2COL_MAX_DEPTH:
         return "im2col"
     return "xla"
@@ -508,8 +571,10 @@ def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     patches for few input channels (:func:`_mixed_kernel_grad`), the tap paths their own."""
     path = mixed_path(x.shape, kernel.shape, strides, padding, dilation, x.dtype)
     pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, dilation, padding)
-    if path in ("tap", "tap_grad"):
-        return tap_conv(x, kernel, pads, path == "tap")
+    if path in ("tap", "tap_grad", "tap_native"):
+        return tap_conv(x, kernel, pads, {"tap": "tap", "tap_grad": "xla"}.get(path, "native"))
+    if path == "native":
+        return _native_conv(x, kernel, strides, pads, dilation)
     if path == "winograd":
         return _winograd_conv(x, kernel, strides, pads, dilation)
     if path == "im2col":
@@ -517,17 +582,26 @@ def mixed_conv(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
     return _patch_grad_conv(x, kernel, strides, padding, dilation)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def tap_conv(x: jax.Array, kernel: jax.Array, pads: Pads, tap_forward: bool) -> jax.Array:
-    """A stride-1 convolution (explicit ``pads``) computed from its kh*kw output taps.
+TAP_FORWARDS = ("tap", "xla", "native")
 
-    Forward (``tap_forward``, else XLA's): one matrix product to ``kh * kw * out``
-    channels, then kh*kw shifted adds. Gradients: the kh*kw shifted views of ``dy`` are
-    gathered into ``g (N, H, W, kh * kw * out)`` (an im2col of the output gradient, small
-    when ``out`` is), then ``dx = g W'`` and ``dkernel = x^T g``, two matrix products.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def tap_conv(x: jax.Array, kernel: jax.Array, pads: Pads, forward: str = "tap") -> jax.Array:
+    """A stride-1 convolution (explicit ``pads``) whose gradients come from its kh*kw
+    output taps.
+
+    Forward (``forward``): ``tap``, one matrix product to ``kh * kw * out`` channels, then
+    kh*kw shifted adds; ``xla``, XLA's convolution; ``native``, :func:`zoo.native.conv` on
+    the CPU (XLA's elsewhere). Gradients: the kh*kw shifted views of ``dy`` are gathered
+    into ``g (N, H, W, kh * kw * out)`` (an im2col of the output gradient, small when
+    ``out`` is), then ``dx = g W'`` and ``dkernel = x^T g``, two matrix products.
     """
-    if tap_forward:
+    if forward not in TAP_FORWARDS:
+        raise ValueError(f"tap_conv forward={forward!r} is not one of {TAP_FORWARDS}")
+    if forward == "tap":
         return _tap_forward(x, kernel, pads)
+    if forward == "native":
+        return _native_conv_forward(x, kernel, (1, 1), pads)
     return padded_xla_conv(x, kernel, (1, 1), pads)
 
 
@@ -540,8 +614,8 @@ def _tap_forward(x, kernel, pads) -> jax.Array:
                                       for t, v in enumerate(views)))
 
 
-def _tap_conv_fwd(x, kernel, pads, tap_forward):
-    return tap_conv(x, kernel, pads, tap_forward), (x, kernel)
+def _tap_conv_fwd(x, kernel, pads, forward):
+    return tap_conv(x, kernel, pads, forward), (x, kernel)
 
 
 def _transposed_pads(kernel: Sequence[int], pads: Pads) -> Pads:
@@ -551,7 +625,7 @@ def _transposed_pads(kernel: Sequence[int], pads: Pads) -> Pads:
     return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, pads, strict=True))
 
 
-def _tap_conv_bwd(pads, tap_forward, res, dy):
+def _tap_conv_bwd(pads, forward, res, dy):
     x, kernel = res
     kh, kw, cin, cout = kernel.shape
     h, w = x.shape[1:3]

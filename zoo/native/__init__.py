@@ -56,7 +56,8 @@ NATIVE_MODES = ("auto", "off", "on")
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _TARGETS = {"zoo_depthwise_forward": "ZooDepthwiseForward",
             "zoo_depthwise_kernel_grad": "ZooDepthwiseKernelGrad",
-            "zoo_max_pool": "ZooMaxPool", "zoo_max_pool_grad": "ZooMaxPoolGrad"}
+            "zoo_max_pool": "ZooMaxPool", "zoo_max_pool_grad": "ZooMaxPoolGrad",
+            "zoo_conv": "ZooConv"}
 
 
 class NativeBuildError(RuntimeError):
@@ -199,6 +200,18 @@ def depthwise_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, dil
     (sh, sw), (dh, dw) = strides, dilation
     return _call("zoo_depthwise_kernel_grad", (*kernel_size, x.shape[-1]), x, dy, sh=sh, sw=sw,
                  dh=dh, dw=dw, pt=pads[0][0], pl=pads[1][0])
+
+
+def conv(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    """A dense convolution (one group, dilation 1, column stride 1 or 2) of
+    ``x (N, H, W, C)`` with ``kernel (kh, kw, C, CO)`` (HWIO) and explicit ``pads``:
+    ``(N, OH, OW, CO)``; float32, CPU only (call :func:`available` first)."""
+    (sh, sw) = strides
+    if sw not in (1, 2):
+        raise ValueError(f"zoo.native.conv takes a column stride of 1 or 2, got {sw}")
+    oh, ow = _out_size(x.shape[1:3], pads, kernel.shape[:2], (1, 1), strides)
+    return _call("zoo_conv", (x.shape[0], oh, ow, kernel.shape[3]), x, kernel, sh=sh, sw=sw,
+                 pt=pads[0][0], pl=pads[1][0])
 
 
 def max_pool(x: jax.Array, window, strides, pads) -> jax.Array:

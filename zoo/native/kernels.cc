@@ -353,6 +353,159 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   return ffi::Error::Success();
 }
 
+// ---- dense convolution forward (one group, dilation 1) ----------------------------------
+
+// y (N, OH, OW, CO) from x (N, H, W, C) and k (KH, KW, C, CO) (HWIO). Per output row: the
+// input rows of its taps (a row outside the image is skipped: zero padding), then blocks
+// of kConvCols output columns x kConvVecs vectors of output channels kept in registers;
+// each weight vector loaded is multiplied by kConvCols broadcast inputs. Columns whose
+// taps leave the image go one at a time over the taps inside; channels past the last
+// full vector through a scalar loop.
+constexpr int kConvCols = kLanes >= 16 ? 6 : 3;
+constexpr int kConvVecs = 4;
+
+// Taps [j0, j1) of each kernel row: all of them inside the image, a subset at the border.
+template <int B, int NV, int SW>
+inline void ConvCols(const Geometry& g, int64_t co_n, const float* const* xrows,
+                     const float* k, float* yrow, int64_t ow, int64_t co, int64_t j0,
+                     int64_t j1) {
+  constexpr int64_t L = sizeof(VecW) / sizeof(float);
+  const int64_t col0 = ow * SW - g.pl;
+  bool first = true;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    if (xrows[i] == nullptr) continue;
+    VecW acc[B][NV];
+    for (int b = 0; b < B; ++b)
+      for (int v = 0; v < NV; ++v) acc[b][v] = VecW{};
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* xp = xrows[i] + (col0 + j) * g.c;
+      const float* wp = k + (i * g.kw + j) * g.c * co_n + co;
+      for (int64_t ci = 0; ci < g.c; ++ci, wp += co_n) {
+        VecW w[NV];
+        for (int v = 0; v < NV; ++v) w[v] = Load<VecW>(wp + v * L);
+        for (int b = 0; b < B; ++b) {
+          const float s = xp[b * SW * g.c + ci];
+          for (int v = 0; v < NV; ++v) acc[b][v] += s * w[v];
+        }
+      }
+    }
+    // one partial sum per kernel row, added up in y: float32 rounding as XLA's (a single
+    // running sum over kh * kw * in products rounds up to 2x worse)
+    for (int b = 0; b < B; ++b) {
+      for (int v = 0; v < NV; ++v) {
+        float* yp = yrow + (ow + b) * co_n + co + v * L;
+        Store<VecW>(yp, first ? acc[b][v] : Load<VecW>(yp) + acc[b][v]);
+      }
+    }
+    first = false;
+  }
+  if (first) {  // every tap's row outside the image
+    for (int b = 0; b < B; ++b)
+      for (int v = 0; v < NV; ++v) Store<VecW>(yrow + (ow + b) * co_n + co + v * L, VecW{});
+  }
+}
+
+// Output columns [ow0, ow1), output channels [co0, co1), taps outside the image skipped;
+// one partial sum per kernel row, as ConvCols.
+inline void ConvGeneric(const Geometry& g, int64_t co_n, const float* const* xrows,
+                        const float* k, float* yrow, int64_t ow0, int64_t ow1, int64_t co0,
+                        int64_t co1) {
+  for (int64_t ow = ow0; ow < ow1; ++ow) {
+    for (int64_t c0 = co0; c0 < co1; c0 += kLanes) {
+      const int64_t c1 = std::min(co1, c0 + kLanes);
+      float* yp = yrow + ow * co_n;
+      for (int64_t co = c0; co < c1; ++co) yp[co] = 0.0f;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        if (xrows[i] == nullptr) continue;
+        float part[kLanes] = {};
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t col = ow * g.sw - g.pl + j;
+          if (col < 0 || col >= g.w) continue;
+          const float* xp = xrows[i] + col * g.c;
+          const float* wp = k + (i * g.kw + j) * g.c * co_n;
+          for (int64_t ci = 0; ci < g.c; ++ci) {
+            const float s = xp[ci];
+            for (int64_t co = c0; co < c1; ++co) part[co - c0] += s * wp[ci * co_n + co];
+          }
+        }
+        for (int64_t co = c0; co < c1; ++co) yp[co] += part[co - c0];
+      }
+    }
+  }
+}
+
+template <int SW>
+struct ConvWorker {
+  const Geometry g;  // c: input channels
+  const int64_t co_n;
+  const float *x, *k;
+  float* y;
+  std::vector<const float*> xrows;
+
+  ConvWorker(const Geometry& g, int64_t co_n, const float* x, const float* k, float* y)
+      : g(g), co_n(co_n), x(x), k(k), y(y), xrows(g.kh) {}
+
+  // Output channels [co, co + NV vectors) of a row: blocks of columns inside the image,
+  // then single ones, then the border columns with the taps inside.
+  template <int NV>
+  void Vectors(float* yrow, int64_t lo, int64_t hi, int64_t co) {
+    const float* const* xr = xrows.data();
+    int64_t ow = lo;
+    for (; ow + kConvCols <= hi; ow += kConvCols)
+      ConvCols<kConvCols, NV, SW>(g, co_n, xr, k, yrow, ow, co, 0, g.kw);
+    for (; ow < hi; ++ow) ConvCols<1, NV, SW>(g, co_n, xr, k, yrow, ow, co, 0, g.kw);
+    for (ow = 0; ow < g.ow; ow = (ow + 1 == lo) ? std::max(hi, lo) : ow + 1) {
+      if (ow >= lo && ow < hi) continue;
+      const int64_t col0 = ow * SW - g.pl;
+      const int64_t j0 = std::max<int64_t>(0, -col0), j1 = std::min(g.kw, g.w - col0);
+      ConvCols<1, NV, SW>(g, co_n, xr, k, yrow, ow, co, j0, std::max(j0, j1));
+    }
+  }
+
+  void operator()(int64_t r0, int64_t r1) {
+    constexpr int64_t L = sizeof(VecW) / sizeof(float);
+    const int64_t lo = g.lo(), hi = g.hi(), vec = co_n / L * L;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / g.oh, o = r % g.oh;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t row = o * g.sh - g.pt + i;
+        xrows[i] = (row < 0 || row >= g.h) ? nullptr : x + (b * g.h + row) * g.w * g.c;
+      }
+      float* yrow = y + r * g.ow * co_n;
+      int64_t co = 0;
+      for (; co + kConvVecs * L <= vec; co += kConvVecs * L) Vectors<kConvVecs>(yrow, lo, hi, co);
+      switch ((vec - co) / L) {
+        case 3: Vectors<3>(yrow, lo, hi, co); break;
+        case 2: Vectors<2>(yrow, lo, hi, co); break;
+        case 1: Vectors<1>(yrow, lo, hi, co); break;
+        default: break;
+      }
+      if (vec < co_n) ConvGeneric(g, co_n, xrows.data(), k, yrow, 0, g.ow, vec, co_n);
+    }
+  }
+  void Finish() {}
+};
+
+ffi::Error Conv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), kd = k.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4 || xd[0] != yd[0] ||
+      xd[3] != kd[2] || kd[3] != yd[3])
+    return ffi::Error::InvalidArgument("zoo conv: x (N,H,W,C), k (KH,KW,C,CO), y (N,OH,OW,CO)");
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], kd[0], kd[1], sh, sw, 1, 1, pt, pl};
+  if (auto error = Check(g)) return *error;
+  const int64_t rows = g.n * g.oh;
+  if (sw == 1)
+    ParallelRows<ConvWorker<1>>(pool, rows, g, kd[3], x.typed_data(), k.typed_data(),
+                                y->typed_data());
+  else if (sw == 2)
+    ParallelRows<ConvWorker<2>>(pool, rows, g, kd[3], x.typed_data(), k.typed_data(),
+                                y->typed_data());
+  else
+    return ffi::Error::InvalidArgument("zoo conv: column stride 1 or 2");
+  return ffi::Error::Success();
+}
+
 // ---- max pooling (padding is -inf: taps outside the image are skipped) -----------------
 
 struct MaxPoolForwardWorker {
@@ -476,6 +629,16 @@ ffi::Error MaxPoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseForward, Forward, ZOO_DEPTHWISE_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseKernelGrad, KernelGrad, ZOO_DEPTHWISE_BINDING);
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConv, Conv,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPool, MaxPool,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
