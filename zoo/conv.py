@@ -506,10 +506,19 @@ def _native_conv_input_grad(x, dy, kernel, strides, pads, dilation) -> jax.Array
     return x_vjp(dy)[0]
 
 
+def _native_conv_kernel_grad(x, dy, kernel, strides, pads, dilation) -> jax.Array:
+    """The native kernel gradient on the CPU, `mixed`'s elsewhere."""
+    if not _native_float32(x, dy):
+        return _mixed_kernel_grad(x, dy, kernel, strides, pads, dilation)
+    return jax.lax.platform_dependent(
+        x, dy, cpu=lambda x, dy: native.conv_kernel_grad(x, dy, kernel.shape[:2], strides, pads),
+        default=lambda x, dy: _mixed_kernel_grad(x, dy, kernel, strides, pads, dilation))
+
+
 _native_conv = _with_kernel_grad(
-    _native_conv_forward, _mixed_kernel_grad, "native_conv",
-    "The native dense convolution forward (and input gradient at stride 1), the kernel "
-    "gradient as `mixed`'s.", _native_conv_input_grad)
+    _native_conv_forward, _native_conv_kernel_grad, "native_conv",
+    "The native dense convolution forward, kernel gradient and (at stride 1) input "
+    "gradient.", _native_conv_input_grad)
 
 # A stride-1 convolution with at most in / TAP_GRAD_RATIO outputs takes its gradients from
 # the output taps (:func:`tap_conv`), and with at most in / TAP_FORWARD_RATIO outputs its

@@ -57,7 +57,7 @@ CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _TARGETS = {"zoo_depthwise_forward": "ZooDepthwiseForward",
             "zoo_depthwise_kernel_grad": "ZooDepthwiseKernelGrad",
             "zoo_max_pool": "ZooMaxPool", "zoo_max_pool_grad": "ZooMaxPoolGrad",
-            "zoo_conv": "ZooConv"}
+            "zoo_conv": "ZooConv", "zoo_conv_kernel_grad": "ZooConvKernelGrad"}
 
 
 class NativeBuildError(RuntimeError):
@@ -212,6 +212,17 @@ def conv(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
     oh, ow = _out_size(x.shape[1:3], pads, kernel.shape[:2], (1, 1), strides)
     return _call("zoo_conv", (x.shape[0], oh, ow, kernel.shape[3]), x, kernel, sh=sh, sw=sw,
                  pt=pads[0][0], pl=pads[1][0])
+
+
+def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, pads) -> jax.Array:
+    """``(kh, kw, C, CO)``: the kernel gradient of :func:`conv` (``x (N, H, W, C)``,
+    explicit ``pads``, ``dy (N, OH, OW, CO)``), in one pass over ``x`` and ``dy``; float32,
+    CPU only (call :func:`available` first)."""
+    (sh, sw) = strides
+    if sw not in (1, 2):
+        raise ValueError(f"zoo.native.conv_kernel_grad takes a column stride of 1 or 2, got {sw}")
+    return _call("zoo_conv_kernel_grad", (*kernel_size, x.shape[3], dy.shape[3]), x, dy,
+                 sh=sh, sw=sw, pt=pads[0][0], pl=pads[1][0])
 
 
 def max_pool(x: jax.Array, window, strides, pads) -> jax.Array:

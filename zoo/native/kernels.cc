@@ -506,6 +506,123 @@ ffi::Error Conv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::
   return ffi::Error::Success();
 }
 
+// ---- dense convolution kernel gradient -----------------------------------------------
+
+// dk (KH, KW, C, CO) = sum over n, oh, ow of x[n, oh*sh - pt + i, ow*sw - pl + j, c] *
+// dy[n, oh, ow, co]: per output row, tap and block of CB input channels x NV vectors of
+// output channels, a sum over the row's columns in registers (each dy vector loaded serves
+// CB products), then added to the chunk's partial sums.
+template <int CB, int NV>
+inline void ConvKGradCols(const Geometry& g, int64_t co_n, const float* xrow,
+                          const float* dyrow, int64_t j, int64_t ow0, int64_t ow1, int64_t c0,
+                          int64_t co, float* acc) {
+  constexpr int64_t L = sizeof(VecW) / sizeof(float);
+  VecW a[CB][NV];
+  for (int cb = 0; cb < CB; ++cb)
+    for (int v = 0; v < NV; ++v) a[cb][v] = VecW{};
+  const float* xp = xrow + (ow0 * g.sw - g.pl + j) * g.c + c0;
+  const float* dp = dyrow + ow0 * co_n + co;
+  for (int64_t ow = ow0; ow < ow1; ++ow, xp += g.sw * g.c, dp += co_n) {
+    VecW d[NV];
+    for (int v = 0; v < NV; ++v) d[v] = Load<VecW>(dp + v * L);
+    for (int cb = 0; cb < CB; ++cb) {
+      const float s = xp[cb];
+      for (int v = 0; v < NV; ++v) a[cb][v] += s * d[v];
+    }
+  }
+  for (int cb = 0; cb < CB; ++cb)
+    for (int v = 0; v < NV; ++v) {
+      float* ap = acc + (c0 + cb) * co_n + co + v * L;
+      Store<VecW>(ap, Load<VecW>(ap) + a[cb][v]);
+    }
+}
+
+constexpr int kKGradChannels = kLanes >= 16 ? 6 : 3;
+
+struct ConvKGradWorker {
+  const Geometry g;  // c: input channels
+  const int64_t co_n;
+  const float *x, *dy;
+  float* out;
+  std::vector<float> total, part;
+
+  ConvKGradWorker(const Geometry& g, int64_t co_n, const float* x, const float* dy,
+                  float* out)
+      : g(g), co_n(co_n), x(x), dy(dy), out(out), total(g.kh * g.kw * g.c * co_n, 0.0f),
+        part(total.size()) {}
+
+  template <int NV>
+  void Channels(const float* xrow, const float* dyrow, int64_t j, int64_t ow0, int64_t ow1,
+                int64_t co, float* acc) {
+    int64_t c0 = 0;
+    for (; c0 + kKGradChannels <= g.c; c0 += kKGradChannels)
+      ConvKGradCols<kKGradChannels, NV>(g, co_n, xrow, dyrow, j, ow0, ow1, c0, co, acc);
+    for (; c0 < g.c; ++c0) ConvKGradCols<1, NV>(g, co_n, xrow, dyrow, j, ow0, ow1, c0, co, acc);
+  }
+
+  // One chunk's rows summed on their own (rounding as a blocked sum), then added up.
+  void operator()(int64_t r0, int64_t r1) {
+    constexpr int64_t L = sizeof(VecW) / sizeof(float);
+    const int64_t vec = co_n / L * L;
+    std::fill(part.begin(), part.end(), 0.0f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / g.oh, o = r % g.oh;
+      const float* dyrow = dy + r * g.ow * co_n;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t row = o * g.sh - g.pt + i;
+        if (row < 0 || row >= g.h) continue;
+        const float* xrow = x + (b * g.h + row) * g.w * g.c;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          // output columns whose tap j is inside the image
+          const int64_t first = std::max<int64_t>(0, (g.pl - j + g.sw - 1) / g.sw);
+          const int64_t lastcol = g.w - 1 + g.pl - j;
+          const int64_t end = lastcol < 0 ? 0 : std::min(g.ow, lastcol / g.sw + 1);
+          if (first >= end) continue;
+          float* acc = part.data() + (i * g.kw + j) * g.c * co_n;
+          int64_t co = 0;
+          for (; co + kConvVecs * L <= vec; co += kConvVecs * L)
+            Channels<kConvVecs>(xrow, dyrow, j, first, end, co, acc);
+          switch ((vec - co) / L) {
+            case 3: Channels<3>(xrow, dyrow, j, first, end, co, acc); break;
+            case 2: Channels<2>(xrow, dyrow, j, first, end, co, acc); break;
+            case 1: Channels<1>(xrow, dyrow, j, first, end, co, acc); break;
+            default: break;
+          }
+          for (int64_t ow = first; ow < end; ++ow) {  // channels past the last vector
+            const float* xp = xrow + (ow * g.sw - g.pl + j) * g.c;
+            const float* dp = dyrow + ow * co_n;
+            for (int64_t c = 0; c < g.c; ++c)
+              for (int64_t q = vec; q < co_n; ++q) acc[c * co_n + q] += xp[c] * dp[q];
+          }
+        }
+      }
+    }
+    for (size_t t = 0; t < total.size(); ++t) total[t] += part[t];
+  }
+  void Finish() {
+    for (size_t t = 0; t < total.size(); ++t) out[t] += total[t];
+  }
+};
+
+ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> out,
+                          int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), dyd = dy.dimensions(), od = out->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || od.size() != 4 || xd[0] != dyd[0] ||
+      xd[3] != od[2] || dyd[3] != od[3])
+    return ffi::Error::InvalidArgument(
+        "zoo conv kernel grad: x (N,H,W,C), dy (N,OH,OW,CO), dk (KH,KW,C,CO)");
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], od[0], od[1], sh, sw, 1, 1,
+                   pt, pl};
+  if (auto error = Check(g)) return *error;
+  float* o = out->typed_data();
+  std::fill(o, o + g.kh * g.kw * g.c * od[3], 0.0f);
+  if (g.ow > 0)
+    ParallelRows<ConvKGradWorker>(pool, g.n * g.oh, g, od[3], x.typed_data(), dy.typed_data(),
+                                  o);
+  return ffi::Error::Success();
+}
+
 // ---- max pooling (padding is -inf: taps outside the image are skipped) -----------------
 
 struct MaxPoolForwardWorker {
@@ -630,6 +747,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseForward, Forward, ZOO_DEPTHWISE_BINDIN
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseKernelGrad, KernelGrad, ZOO_DEPTHWISE_BINDING);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConv, Conv,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvKernelGrad, ConvKernelGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
