@@ -22,7 +22,12 @@ the same numbers:
   (:func:`tap_conv`); a stride-1 3x3 conv with many channels for its size (ResNet's,
   VGG's from 56 px, Inception's) runs forward and input gradient by Winograd's
   F(2x2, 3x3) (:func:`winograd_conv`: 16 matrix products over 2x2 output tiles, 2.25x
-  fewer multiplies, within ~1e-6 of the direct sum). :func:`mixed_path` names the choice.
+  fewer multiplies, within ~1e-6 of the direct sum). With the native CPU kernels
+  (float32) a convolution over at most :data:`NATIVE_CONV_MAX_DEPTH` kernel values per
+  output (column stride 1 or 2, no dilation) runs forward, kernel gradient and (stride 1)
+  input gradient natively (:func:`zoo.native.conv`; the tap paths keep their gradients,
+  Winograd layers deeper than :data:`NATIVE_CONV_WINOGRAD_DEPTH` stay Winograd).
+  :func:`mixed_path` names the choice.
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds (at stride 1 the input gradient too: over the padded output
   gradient, with the flipped kernel). XLA:CPU runs grouped convolutions at under 1 GFLOP/s.

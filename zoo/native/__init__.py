@@ -1,7 +1,8 @@
 """Native CPU kernels, called from XLA as FFI custom calls and built on first use.
 
-The depthwise convolution (multiplier 1) and max pooling, float32 (``kernels.cc``), the
-padding handled inside so no padded copy of an activation is written:
+The depthwise convolution (multiplier 1), shallow dense convolutions and max pooling,
+float32 (``kernels.cc``), the padding handled inside so no padded copy of an activation
+is written:
 
 - :func:`depthwise_conv`: the forward pass, and at stride 1 the input gradient (``dy``
   with the flipped kernel); XLA:CPU pads the input in one pass and sums nine shifted
@@ -10,6 +11,12 @@ padding handled inside so no padded copy of an activation is written:
   ``dy``, all kh*kw taps at once, where XLA:CPU runs one reduction per tap (it has no
   fusion that computes nine sums in one pass): 4-10x faster at Xception's and the
   MobileNets' shapes (BENCHMARKS.md, "Session 7");
+- :func:`conv` and :func:`conv_kernel_grad`: a dense convolution (column stride 1 or 2, no
+  dilation) and its kernel gradient, with blocks of output columns x output channels
+  (input x output channels for the gradient) in registers; for layers with few kernel
+  values per output (``zoo.conv.NATIVE_CONV_MAX_DEPTH``: the stems, 3x3 convs on up to
+  128 channels) 1.3-2.5x faster than XLA:CPU's convolution forward and 4-7x for the
+  kernel gradient (BENCHMARKS.md, "Session 8");
 - :func:`max_pool` and :func:`max_pool_grad`: max pooling and its gradient (to each
   window's first maximum in row-major order, as XLA's select-and-scatter) in one pass
   each, where XLA:CPU makes two 1-D passes that write padded views.
