@@ -175,7 +175,12 @@ def test_mixed_path_choice(size, kernel, strides, padding, path):
     ((14, 14), (3, 3, 256, 256), 1, "SAME", "winograd"),
     ((56, 56), (3, 3, 128, 32), 1, "SAME", "tap_native"),  # DenseNet's
     ((28, 28), (5, 5, 64, 64), 1, "SAME", "xla"),  # 1600 values: too deep
-    ((28, 28), (3, 3, 64, 64), 3, "SAME", "xla")])  # column stride 3
+    ((28, 28), (3, 3, 64, 64), 3, "SAME", "xla"),  # column stride 3
+    ((17, 17), (7, 1, 128, 192), 1, "SAME", "native"),  # Inception's 17 px blocks
+    ((17, 17), (1, 7, 128, 128), 1, "SAME", "xla"),  # 896 values, 17 < 4 * 7 columns
+    ((8, 8), (1, 3, 384, 384), 1, "SAME", "xla"),  # 1152 values, 8 < 16 columns
+    ((7, 7), (3, 3, 64, 64), 1, "SAME", "native"),  # 576 values: any width
+    ((7, 7), (3, 3, 128, 32), 1, "SAME", "tap")])  # DenseNet's last block
 def test_mixed_path_choice_with_native_kernels(size, kernel, strides, padding, path):
     s = conv._pair(strides)
     shape = (32, *size, kernel[2])

@@ -182,9 +182,10 @@ NATIVE_CONV_CASES = [
     (3, (2, 1), ((1, 2), (0, 2)), (8, 19), 6, 19),
     ((1, 7), 1, "SAME", (5, 17), 12, 48),
     ((7, 1), 1, "SAME", (17, 5), 12, 7),
-    (5, 1, ((4, 0), (0, 4)), (6, 14), 4, 33),  # pads up to kernel - 1
+    (5, 1, ((4, 0), (0, 4)), (6, 14), 4, 20),  # pads up to kernel - 1
     (3, 1, "SAME", (1, 1), 20, 17),
     (3, 1, "SAME", (6, 18), 64, 16),  # few outputs: tap gradients, native forward
+    (3, 2, "SAME", (8, 34), 80, 20),  # 720 values per output, 17 columns
 ]
 
 

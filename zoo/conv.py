@@ -26,7 +26,8 @@ the same numbers:
   (float32) a convolution over at most :data:`NATIVE_CONV_MAX_DEPTH` kernel values per
   output (column stride 1 or 2, no dilation) runs forward, kernel gradient and (stride 1)
   input gradient natively (:func:`zoo.native.conv`; the tap paths keep their gradients,
-  Winograd layers deeper than :data:`NATIVE_CONV_WINOGRAD_DEPTH` stay Winograd).
+  deeper layers than :data:`NATIVE_CONV_SHALLOW_DEPTH` only if wide enough, and not where
+  Winograd applies).
   :func:`mixed_path` names the choice.
 - ``depthwise`` (``feature_group_count == in_channels``): ``matmul`` here means k*k
   shifted multiply-adds (at stride 1 the input gradient too: over the padded output
@@ -470,22 +471,32 @@ _im2col_conv = _with_kernel_grad(
 # 1 or 2, no dilation and at most NATIVE_CONV_MAX_DEPTH kernel values per output
 # (kh * kw * in) runs forward natively (:func:`zoo.native.conv`: output columns x output
 # channels in registers, no padded copy), and so does its input gradient at stride 1 (the
-# flipped kernel over dy, if that is as shallow); one deeper than NATIVE_CONV_WINOGRAD_DEPTH
-# that Winograd takes keeps Winograd. Measured per layer, batch 32, ms (XLA's or the path
+# flipped kernel over dy, if that is as shallow). One over more than NATIVE_CONV_SHALLOW_DEPTH
+# values keeps Winograd where that applies, and needs an output at least
+# NATIVE_CONV_MIN_WIDTH and 4 * kw columns wide (border columns and the ones left over from
+# the register blocks go one at a time: 1x7 128 -> 128 at 17 px 8.3 -> 11.4, 1x3 and 3x1
+# 384 -> 384 at 8 px 7.3 -> 9.6 and 7.2 -> 8.4 lost). Measured per layer, batch 32, ms (XLA's or the path
 # it replaces -> native): Xception's stem 3x3 32 -> 64 at 147 px 'valid' 209 -> 88, its
 # 3x3/2 RGB stem 43 -> 12, ResNet's 7x7/2 RGB stem 71 -> 31 and 3x3 64 -> 64 at 56 px
 # (Winograd) 40 -> 20, VGG's 3x3 64 -> 64 at 224 px 481 -> 364, DenseNet's 3x3 128 -> 32
 # (tap) 10.3 -> 7.2, 3x3/2 128 -> 128 at 56 px 37 -> 26; deeper ones lose (3x3 256 -> 256
-# at 14 px: Winograd 20, native 52: the kernel no longer stays in cache).
+# at 14 px: Winograd 20, native 52: the kernel no longer stays in cache). BENCHMARKS.md,
+# "Session 8".
 NATIVE_CONV_MAX_DEPTH = 1152
-NATIVE_CONV_WINOGRAD_DEPTH = 576
+NATIVE_CONV_SHALLOW_DEPTH = 576
+NATIVE_CONV_MIN_WIDTH = 16
 
 
-def _native_conv_fits(kernel: Sequence[int], strides, dilation, dtype) -> bool:
-    """Whether the native dense convolution takes a ``kernel`` (kh, kw, in, out) shape."""
+def _native_conv_fits(kernel: Sequence[int], strides, dilation, dtype, out_width: int) -> bool:
+    """Whether the native dense convolution takes a ``kernel`` (kh, kw, in, out) giving
+    outputs ``out_width`` columns wide."""
     kh, kw, cin, _ = kernel
-    return (kh * kw * cin <= NATIVE_CONV_MAX_DEPTH and strides[1] in (1, 2)
-            and tuple(dilation) == (1, 1) and jnp.dtype(dtype) == jnp.float32)
+    if strides[1] not in (1, 2) or tuple(dilation) != (1, 1) \
+            or jnp.dtype(dtype) != jnp.float32:
+        return False
+    depth = kh * kw * cin
+    return depth <= NATIVE_CONV_SHALLOW_DEPTH or (
+        depth <= NATIVE_CONV_MAX_DEPTH and out_width >= max(NATIVE_CONV_MIN_WIDTH, 4 * kw))
 
 
 def _native_conv_forward(x, kernel, strides, pads, dilation=(1, 1)) -> jax.Array:
@@ -504,7 +515,8 @@ def _native_conv_input_grad(x, dy, kernel, strides, pads, dilation) -> jax.Array
     kh, kw, cin, cout = kernel.shape
     back = _transposed_pads((kh, kw), pads)
     if tuple(strides) == (1, 1) and min(back[0] + back[1]) >= 0 \
-            and _native_conv_fits((kh, kw, cout, cin), strides, dilation, dy.dtype):
+            and _native_conv_fits((kh, kw, cout, cin), strides, dilation, dy.dtype,
+                                  x.shape[2]):
         flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
         return _native_conv_forward(dy, flipped, (1, 1), back)
     _, x_vjp = jax.vjp(lambda x: padded_xla_conv(x, kernel, strides, pads, dilation), x)
@@ -558,12 +570,14 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
     unit = tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
     if native_kernels is None:
         native_kernels = jnp.dtype(dtype) == jnp.float32 and native.available()
-    fits = native_kernels and _native_conv_fits(kernel, strides, dilation, dtype)
+    pads = explicit_pads(size, (kh, kw), strides, dilation, padding)
+    out_width = (size[1] + sum(pads[1]) - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    fits = native_kernels and _native_conv_fits(kernel, strides, dilation, dtype, out_width)
     if unit and cout * TAP_GRAD_RATIO <= cin:
         if fits:
             return "tap_native"
         return "tap" if cout * TAP_FORWARD_RATIO <= cin else "tap_grad"
-    if fits and kh * kw * cin <= NATIVE_CONV_WINOGRAD_DEPTH:
+    if fits and kh * kw * cin <= NATIVE_CONV_SHALLOW_DEPTH:
         return "native"
     if unit and (kh, kw) == (3, 3) and cin * cout >= WINOGRAD_MIN_DEPTH * (cin + cout) \
             and size[0] * size[1] <= WINOGRAD_MAX_PIXELS and jnp.dtype(dtype) == jnp.float32:
