@@ -475,8 +475,8 @@ _im2col_conv = _with_kernel_grad(
 # values keeps Winograd where that applies, and needs an output at least
 # NATIVE_CONV_MIN_WIDTH and 4 * kw columns wide (border columns and the ones left over from
 # the register blocks go one at a time: 1x7 128 -> 128 at 17 px 8.3 -> 11.4, 1x3 and 3x1
-# 384 -> 384 at 8 px 7.3 -> 9.6 and 7.2 -> 8.4 lost). Measured per layer, batch 32, ms (XLA's or the path
-# it replaces -> native): Xception's stem 3x3 32 -> 64 at 147 px 'valid' 209 -> 88, its
+# 384 -> 384 at 8 px 7.3 -> 9.6 and 7.2 -> 8.4 lost). Measured per layer, batch 32, ms
+# (XLA's or the path it replaces -> native): Xception's stem 3x3 32 -> 64 at 147 px 'valid' 209 -> 88, its
 # 3x3/2 RGB stem 43 -> 12, ResNet's 7x7/2 RGB stem 71 -> 31 and 3x3 64 -> 64 at 56 px
 # (Winograd) 40 -> 20, VGG's 3x3 64 -> 64 at 224 px 481 -> 364, DenseNet's 3x3 128 -> 32
 # (tap) 10.3 -> 7.2, 3x3/2 128 -> 128 at 56 px 37 -> 26; deeper ones lose (3x3 256 -> 256
