@@ -468,15 +468,15 @@ _im2col_conv = _with_kernel_grad(
     "One product over gathered patches, with the kernel gradient over patches.")
 
 # On the CPU (float32, the native kernels available) a convolution with a column stride of
-# 1 or 2, no dilation and at most NATIVE_CONV_MAX_DEPTH kernel values per output
-# (kh * kw * in) runs forward natively (:func:`zoo.native.conv`: output columns x output
-# channels in registers, no padded copy), and so does its input gradient at stride 1 (the
-# flipped kernel over dy, if that is as shallow). One over more than NATIVE_CONV_SHALLOW_DEPTH
-# values keeps Winograd where that applies, and needs an output at least
-# NATIVE_CONV_MIN_WIDTH and 4 * kw columns wide (border columns and the ones left over from
-# the register blocks go one at a time: 1x7 128 -> 128 at 17 px 8.3 -> 11.4, 1x3 and 3x1
-# 384 -> 384 at 8 px 7.3 -> 9.6 and 7.2 -> 8.4 lost). Measured per layer, batch 32, ms
-# (XLA's or the path it replaces -> native): Xception's stem 3x3 32 -> 64 at 147 px 'valid' 209 -> 88, its
+# 1 or 2, no dilation and at most NATIVE_CONV_SHALLOW_DEPTH kernel values per output
+# (kh * kw * in) runs natively (:func:`zoo.native.conv`: output columns x output channels
+# in registers, no padded copy; its kernel gradient too, and its input gradient at stride 1
+# where the flipped kernel over dy qualifies as well). Up to NATIVE_CONV_MAX_DEPTH values
+# only where Winograd does not apply and for outputs at least NATIVE_CONV_MIN_WIDTH and
+# 4 * kw columns wide (border columns and the ones left over from the register blocks go
+# one at a time: 1x7 128 -> 128 at 17 px 8.3 -> 11.4, 1x3 and 3x1 384 -> 384 at 8 px
+# 7.3 -> 9.6 and 7.2 -> 8.4 lost). Measured per layer, batch 32, ms (XLA's or the path it
+# replaces -> native): Xception's stem 3x3 32 -> 64 at 147 px 'valid' 209 -> 88, its
 # 3x3/2 RGB stem 43 -> 12, ResNet's 7x7/2 RGB stem 71 -> 31 and 3x3 64 -> 64 at 56 px
 # (Winograd) 40 -> 20, VGG's 3x3 64 -> 64 at 224 px 481 -> 364, DenseNet's 3x3 128 -> 32
 # (tap) 10.3 -> 7.2, 3x3/2 128 -> 128 at 56 px 37 -> 26; deeper ones lose (3x3 256 -> 256
