@@ -557,13 +557,13 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
 
     ``tap``: :func:`tap_conv` with the tap forward, ``tap_grad``: with XLA's forward,
     ``tap_native``: with the native forward (a stride-1 convolution with few outputs);
-    ``native``: the native forward pass (:data:`NATIVE_CONV_MAX_DEPTH`), and input gradient
-    at stride 1; ``winograd``: :func:`winograd_conv` (a stride-1 3x3 one with many channels
-    for its size, in float32: its transforms round in the input dtype, 2^-8 relative in
-    bfloat16); ``im2col``: one product over gathered patches (a strided one over
-    ``kh * kw * in <= IM2COL_MAX_DEPTH`` values); ``xla``: XLA's convolution
-    (:func:`padded_xla_conv`). ``native_kernels`` (default: whether :mod:`zoo.native` is in
-    use) says whether the native paths may be taken.
+    ``native``: the native forward pass and kernel gradient (:data:`NATIVE_CONV_MAX_DEPTH`),
+    and input gradient at stride 1; ``winograd``: :func:`winograd_conv` (a stride-1 3x3
+    one with many channels for its size, in float32: its transforms round in the input
+    dtype, 2^-8 relative in bfloat16); ``im2col``: one product over gathered patches (a
+    strided one over ``kh * kw * in <= IM2COL_MAX_DEPTH`` values); ``xla``: XLA's
+    convolution (:func:`padded_xla_conv`). ``native_kernels`` (default: whether
+    :mod:`zoo.native` is in use) says whether the native paths may be taken.
     """
     kh, kw, cin, cout = kernel
     size = tuple(shape[1:3])
@@ -581,7 +581,6 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
         return "native"
     if unit and (kh, kw) == (3, 3) and cin * cout >= WINOGRAD_MIN_DEPTH * (cin + cout) \
             and size[0] * size[1] <= WINOGRAD_MAX_PIXELS and jnp.dtype(dtype) == jnp.float32:
-        pads = explicit_pads(size, (3, 3), strides, dilation, padding)
         out, (th, tw) = _winograd_grid(size, pads)
         if winograd_pads(pads) and shape[0] * th * tw >= WINOGRAD_MIN_TILES \
                 and not set(out) & set(WINOGRAD_LOSING_SIDES):
