@@ -15,7 +15,7 @@ is written:
   dilation) and its kernel gradient, with blocks of output columns x output channels
   (input x output channels for the gradient) in registers; for layers with few kernel
   values per output (``zoo.conv.NATIVE_CONV_MAX_DEPTH``: the stems, 3x3 convs on up to
-  128 channels) 1.3-3x faster than XLA:CPU's convolution forward and 3-7x for the
+  128 channels) 1.2-3.3x faster than XLA:CPU's convolution forward and 3-7x for the
   kernel gradient (BENCHMARKS.md, "Session 8");
 - :func:`max_pool` and :func:`max_pool_grad`: max pooling and its gradient (to each
   window's first maximum in row-major order, as XLA's select-and-scatter) in one pass
