@@ -762,26 +762,20 @@ ffi::Error MaxPoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseForward, Forward, ZOO_DEPTHWISE_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseKernelGrad, KernelGrad, ZOO_DEPTHWISE_BINDING);
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConv, Conv,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvKernelGrad, ConvKernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
+#define ZOO_CONV_BINDING                       \
+  ffi::Ffi::Bind()                             \
+      .Ctx<ffi::ThreadPool>()                  \
+      .Arg<ffi::Buffer<ffi::F32>>()            \
+      .Arg<ffi::Buffer<ffi::F32>>()            \
+      .Ret<ffi::Buffer<ffi::F32>>()            \
+      .Attr<int64_t>("sh")                     \
+      .Attr<int64_t>("sw")                     \
+      .Attr<int64_t>("pt")                     \
+      .Attr<int64_t>("pl")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConv, Conv, ZOO_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooConvKernelGrad, ConvKernelGrad, ZOO_CONV_BINDING);
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPool, MaxPool,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
