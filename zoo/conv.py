@@ -70,6 +70,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax import struct
 
 from zoo import native
 from zoo.settings import Setting
@@ -781,14 +782,19 @@ def _first_max_grad_1d(x, y, dy, k, s, pad, axis) -> jax.Array:
 shift_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int],
-             padding: Padding = "VALID", impl: str | None = None) -> jax.Array:
-    """Max pooling (padding with -inf, 'SAME' as TensorFlow) in the backend's formulation."""
+def max_pool(x: jax.Array | Deferred, window: int | Sequence[int],
+             strides: int | Sequence[int], padding: Padding = "VALID",
+             impl: str | None = None) -> jax.Array:
+    """Max pooling (padding with -inf, 'SAME' as TensorFlow) in the backend's formulation;
+    of a :class:`Deferred` activation applied as the native kernel reads the input."""
     window, strides = _pair(window), _pair(strides)
     pads = explicit_pads(x.shape[1:3], window, strides, (1, 1), normalize_padding(padding))
-    if formulation("maxpool", impl) == "matmul":
-        return shift_max_pool(x, window, strides, pads)
-    return xla_max_pool(x, window, strides, pads)
+    if formulation("maxpool", impl) != "matmul":
+        return xla_max_pool(value(x), window, strides, pads)
+    if isinstance(x, Deferred) and _native_float32(x.x):
+        return _deferred_max_pool((x.x, x.center, x.scale, x.shift), (x.lo, x.hi), window,
+                                  strides, pads)
+    return shift_max_pool(value(x), window, strides, pads)
 
 
 def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
@@ -885,6 +891,172 @@ shift_depthwise = _with_kernel_grad(
     _shift_input_grad)
 
 
+# ---- deferred activations ---------------------------------------------------------------
+
+
+@struct.dataclass
+class Deferred:
+    """``clip((x - center) * scale + shift, lo, hi)``, not computed yet: an inference batch
+    norm (``center`` its running mean, ``scale`` its ``gamma / sqrt(var + eps)``, ``shift``
+    its ``beta``) and a ReLU (``lo=0``) or ReLU6 (``hi=6``), handed to the layer that reads
+    them. A depthwise conv or a max pool on the native CPU kernels applies it to each value
+    as it reads ``x``, so the activated tensor is never written to memory (an elementwise
+    pass less per layer: Xception, the MobileNets, BENCHMARKS.md "Session 9"); any other
+    consumer calls :meth:`value`, which XLA fuses as it did the unfused layers. The numbers
+    are the unfused layers' exactly (the same operations in the same order).
+
+    Made by ``layers.BatchNorm(..., defer=True)`` and :func:`relu` when :func:`defers` says
+    so (float32 on the CPU, native kernels available); gradients flow through it (custom
+    VJPs of the fused layers: fine-tuning through a frozen batch norm).
+    """
+
+    x: jax.Array
+    center: jax.Array
+    scale: jax.Array
+    shift: jax.Array
+    lo: float = struct.field(pytree_node=False, default=-float("inf"))
+    hi: float = struct.field(pytree_node=False, default=float("inf"))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.x.shape
+
+    @property
+    def dtype(self):
+        return self.x.dtype
+
+    def value(self) -> jax.Array:
+        """The activation, computed (by XLA)."""
+        return _activate(self.x, self.center, self.scale, self.shift, (self.lo, self.hi))
+
+    def clip(self, lo: float, hi: float) -> Deferred | jax.Array:
+        """Followed by ``clip(., lo, hi)`` (still deferred when the ranges overlap)."""
+        if max(self.lo, lo) > min(self.hi, hi):  # one constant: computed
+            return _activate(self.value(), 0.0, 1.0, 0.0, (lo, hi))
+        return self.replace(lo=max(self.lo, lo), hi=min(self.hi, hi))
+
+
+def _activate(x, center, scale, shift, bounds: tuple[float, float]) -> jax.Array:
+    # Flax's inference batch norm, (x - mean) * mul + bias, then ReLU's max and ReLU6's min
+    y = (x - center) * scale + shift
+    lo, hi = bounds
+    if lo > -float("inf"):
+        y = jnp.maximum(y, lo)
+    if hi < float("inf"):
+        y = jnp.minimum(y, hi)
+    return y
+
+
+def defers(x: jax.Array) -> bool:
+    """Whether an activation of ``x`` is best left :class:`Deferred` to a depthwise conv or
+    max pool: float32, the backend's depthwise formulation shifted multiply-adds (the CPU;
+    not under ``use_impl("xla")``, which ``viz`` traces) and the native kernels available."""
+    return (not isinstance(x, Deferred) and x.dtype == jnp.float32
+            and formulation("depthwise") == "matmul" and native.available())
+
+
+def relu(x: jax.Array | Deferred, max_value: float | None = None, *,
+         defer: bool = False) -> jax.Array | Deferred:
+    """ReLU (ReLU6 with ``max_value=6``). Of a :class:`Deferred` value: still deferred; with
+    ``defer`` (the result goes only to a depthwise conv or a max pool), where :func:`defers`
+    says so, itself deferred to the layer that reads it."""
+    hi = float("inf") if max_value is None else float(max_value)
+    if isinstance(x, Deferred):
+        return x.clip(0.0, hi)
+    if defer and defers(x):
+        c = x.shape[-1]
+        zeros = jnp.zeros((c,), x.dtype)
+        return Deferred(x, zeros, jnp.ones((c,), x.dtype), zeros, 0.0, hi)
+    y = jnp.maximum(x, 0)
+    return y if max_value is None else jnp.minimum(y, max_value)
+
+
+def value(x: jax.Array | Deferred) -> jax.Array:
+    """``x`` itself, or a :class:`Deferred` activation computed."""
+    return x.value() if isinstance(x, Deferred) else x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _deferred_depthwise(operands, bounds, strides, pads, dilation) -> jax.Array:
+    """A depthwise conv (multiplier 1) of ``Deferred(x, center, scale, shift, *bounds)``,
+    ``operands = (x, center, scale, shift, kernel)``: the native kernel activates each
+    input row as it reads it; other backends compute the activation first."""
+    x, center, scale, shift, kernel = operands
+    kh, kw, c, _ = kernel.shape
+
+    def by_native(x, center, scale, shift, k):
+        act = native.Act(center, scale, shift, *bounds)
+        return native.depthwise_conv(x, k.reshape(kh, kw, c), strides, dilation, pads, act)
+
+    def by_xla(x, center, scale, shift, k):
+        a = _activate(x, center, scale, shift, bounds)
+        return _shift_views_forward(a, k, strides, pads, dilation)
+
+    return jax.lax.platform_dependent(*operands, cpu=by_native, default=by_xla)
+
+
+def _deferred_depthwise_fwd(operands, bounds, strides, pads, dilation):
+    return _deferred_depthwise(operands, bounds, strides, pads, dilation), operands
+
+
+def _deferred_depthwise_bwd(bounds, strides, pads, dilation, operands, dy):
+    # the activation computed again (one elementwise pass: the one the forward saved), then
+    # the depthwise conv's own gradients and the activation's
+    x, center, scale, shift, kernel = operands
+    a, act_vjp = jax.vjp(lambda *v: _activate(*v, bounds), x, center, scale, shift)
+    da = _shift_input_grad(a, dy, kernel, strides, pads, dilation)
+    dk = _shift_kernel_grad(a, dy, kernel, strides, pads, dilation)
+    return (*act_vjp(da.astype(a.dtype)), dk.astype(kernel.dtype)),
+
+
+_deferred_depthwise.defvjp(_deferred_depthwise_fwd, _deferred_depthwise_bwd)
+
+
+def deferred_depthwise(x: jax.Array | Deferred, kernel: jax.Array, strides, padding,
+                       dilation=(1, 1)) -> jax.Array:
+    """:func:`shift_depthwise` of ``x``, a :class:`Deferred` activation fused into the
+    native kernel where it takes one (multiplier 1, float32), else computed first."""
+    if not isinstance(x, Deferred):
+        return shift_depthwise(x, kernel, strides, padding, dilation)
+    if not _native_depthwise(x.x, kernel):
+        return shift_depthwise(x.value(), kernel, strides, padding, dilation)
+    kh, kw = kernel.shape[:2]
+    pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, normalize_padding(padding))
+    return _deferred_depthwise((x.x, x.center, x.scale, x.shift, kernel), (x.lo, x.hi),
+                               tuple(strides), pads, tuple(dilation))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _deferred_max_pool(operands, bounds, window, strides, pads) -> jax.Array:
+    """Max pooling of ``Deferred(*operands, *bounds)``: the native kernel activates each
+    input row as it reads it; other backends compute the activation first."""
+
+    def by_native(x, center, scale, shift):
+        act = native.Act(center, scale, shift, *bounds)
+        return native.max_pool(x, window, strides, pads, act)
+
+    def by_xla(x, center, scale, shift):
+        a = _activate(x, center, scale, shift, bounds)
+        return _separable_max_pool(a, window, strides, pads)
+
+    return jax.lax.platform_dependent(*operands, cpu=by_native, default=by_xla)
+
+
+def _deferred_max_pool_fwd(operands, bounds, window, strides, pads):
+    y = _deferred_max_pool(operands, bounds, window, strides, pads)
+    return y, (operands, y)
+
+
+def _deferred_max_pool_bwd(bounds, window, strides, pads, res, dy):
+    operands, y = res
+    a, act_vjp = jax.vjp(lambda *v: _activate(*v, bounds), *operands)
+    (da,) = _max_pool_bwd(window, strides, pads, (a, y), dy)
+    return act_vjp(da),
+
+
+_deferred_max_pool.defvjp(_deferred_max_pool_fwd, _deferred_max_pool_bwd)
+
+
 class Conv(nn.Module):
     """2-D convolution over NHWC input; parameters laid out as :class:`flax.linen.Conv`.
 
@@ -915,7 +1087,7 @@ class Conv(nn.Module):
         )
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(value(x), kernel, bias, dtype=self.dtype)
         kind = "pointwise" if (kh, kw) == (1, 1) else "spatial"
         form = formulation(kind, self.impl)
         if form == "matmul":
@@ -954,8 +1126,13 @@ class DepthwiseConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, c, m), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (c * m,), self.param_dtype)
                 if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if formulation("depthwise", self.impl) == "matmul":
+        form = formulation("depthwise", self.impl)
+        if (isinstance(x, Deferred) and form == "matmul" and nn.dtypes.canonicalize_dtype(
+                x.x, kernel, bias, dtype=self.dtype) == x.dtype):
+            y = deferred_depthwise(x, kernel.astype(x.dtype), strides, padding, dilation)
+            return y if bias is None else y + bias.astype(y.dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(value(x), kernel, bias, dtype=self.dtype)
+        if form == "matmul":
             y = shift_depthwise(x, kernel, strides, padding, dilation)
         else:  # HWIO with I = 1: output channel c * m + j, as TensorFlow orders them
             y = xla_conv(x, kernel.reshape(kh, kw, 1, c * m), strides, padding, dilation, c)

@@ -24,6 +24,7 @@ from flax import linen as nn
 from zoo.conv import (  # noqa: F401  (re-exported: every family uses layers.Conv)
     CONV_IMPLS,
     Conv,
+    Deferred,
     DepthwiseConv,
     Padding,
     SeparableConv,
@@ -31,7 +32,10 @@ from zoo.conv import (  # noqa: F401  (re-exported: every family uses layers.Con
     _windows,
     conv_impl,
     conv_init,
+    defers,
     formulation,
+    relu,
+    value,
 )
 from zoo.conv import max_pool as _max_pool
 from zoo.conv import normalize_padding as _padding
@@ -89,25 +93,47 @@ class BatchNorm(nn.BatchNorm):
     not ``jax.jvp``), as the zoo's other custom-gradient layers."""
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None,
+                 defer: bool = False):
+        """``defer=True``: in inference mode, where :func:`zoo.conv.defers` says so, return a
+        :class:`zoo.conv.Deferred` (the same numbers, computed by the layer that reads it:
+        a depthwise conv or a max pool; pass it to nothing else)."""
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average)
-        if use_running_average or mask is not None or self.axis_name is not None or (
-                self.axis not in (-1, x.ndim - 1)):
+        last = self.axis in (-1, x.ndim - 1)
+        if use_running_average and defer and mask is None and last and defers(x):
+            return self._deferred(x)
+        if use_running_average or mask is not None or self.axis_name is not None or not last:
             return super().__call__(x, use_running_average, mask=mask)
-        c = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
-        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
-        scale = (self.param("scale", self.scale_init, (c,), self.param_dtype)
-                 if self.use_scale else jnp.ones((c,), jnp.float32))
-        bias = (self.param("bias", self.bias_init, (c,), self.param_dtype)
-                if self.use_bias else jnp.zeros((c,), jnp.float32))
+        ra_mean, ra_var, scale, bias = self._variables(x.shape[-1])
         y, mean, var = normalize_batch(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         args = [x] + ([scale] if self.use_scale else []) + ([bias] if self.use_bias else [])
         return y.astype(nn.dtypes.canonicalize_dtype(*args, dtype=self.dtype))
+
+    def _variables(self, c: int):
+        """The running statistics and (or the neutral) scale and bias, as Flax's."""
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
+        scale = (self.param("scale", self.scale_init, (c,), self.param_dtype)
+                 if self.use_scale else jnp.ones((c,), jnp.float32))
+        bias = (self.param("bias", self.bias_init, (c,), self.param_dtype)
+                if self.use_bias else jnp.zeros((c,), jnp.float32))
+        return ra_mean, ra_var, scale, bias
+
+    def _deferred(self, x) -> jax.Array | Deferred:
+        """Flax's inference formula, (x - mean) * (rsqrt(var + eps) * scale) + bias, deferred
+        (or computed, when parameters of another dtype would change the result's)."""
+        ra_mean, ra_var, scale, bias = self._variables(x.shape[-1])
+        args = [x] + ([scale] if self.use_scale else []) + ([bias] if self.use_bias else [])
+        mul = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
+        d = Deferred(x, ra_mean.value, mul, bias)
+        if nn.dtypes.canonicalize_dtype(*args, dtype=self.dtype) != x.dtype or any(
+                v.dtype != x.dtype for v in (d.center, d.scale, d.shift)):
+            return d.value().astype(nn.dtypes.canonicalize_dtype(*args, dtype=self.dtype))
+        return d
 
 
 def batch_norm(*, epsilon: float, momentum: float, dtype: Any, name: str, scale: bool = True):

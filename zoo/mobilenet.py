@@ -49,11 +49,16 @@ def relu6(x: jax.Array) -> jax.Array:
 
 
 class DepthwiseSeparable(nn.Module):
-    """v1 block: depthwise 3x3, BN, ReLU6, pointwise 1x1, BN, ReLU6."""
+    """v1 block: depthwise 3x3, BN, ReLU6, pointwise 1x1, BN, ReLU6.
+
+    With ``defer`` (the next block follows) the last BN and ReLU6 may come back
+    :class:`zoo.layers.Deferred` in inference: the next depthwise conv applies them as it
+    reads its input (the same numbers); the input may be one."""
 
     filters: int
     stride: int = 1
     depth_multiplier: int = 1
+    defer: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -64,11 +69,15 @@ class DepthwiseSeparable(nn.Module):
                                  dtype=self.dtype, name="dw_conv")(x)
         x = relu6(bn(name="dw_bn")(x, use_running_average=not train))
         x = layers.Conv(self.filters, 1, use_bias=False, dtype=self.dtype, name="pw_conv")(x)
-        return relu6(bn(name="pw_bn")(x, use_running_average=not train))
+        x = bn(name="pw_bn")(x, use_running_average=not train, defer=self.defer)
+        return layers.relu(x, 6)
 
 
 class InvertedResidual(nn.Module):
-    """v2 block: (1x1 expansion, BN, ReLU6), depthwise 3x3, BN, ReLU6, 1x1 projection, BN."""
+    """v2 block: (1x1 expansion, BN, ReLU6), depthwise 3x3, BN, ReLU6, 1x1 projection, BN.
+
+    In inference the expansion's BN and ReLU6 may be :class:`zoo.layers.Deferred` to the
+    depthwise conv, which applies them as it reads its input (the same numbers)."""
 
     expansion: int
     filters: int
@@ -83,7 +92,7 @@ class InvertedResidual(nn.Module):
         y = x
         if self.expansion != 1:  # Keras: every block but the first ("expanded_conv")
             y = conv(self.expansion * x.shape[-1], name="expand_conv")(y)
-            y = relu6(bn(name="expand_bn")(y, use_running_average=ura))
+            y = layers.relu(bn(name="expand_bn")(y, use_running_average=ura, defer=True), 6)
         y = layers.DepthwiseConv(3, self.stride, "SAME", use_bias=False, dtype=self.dtype,
                                  name="dw_conv")(y)
         y = relu6(bn(name="dw_bn")(y, use_running_average=ura))
@@ -177,9 +186,13 @@ class Stage(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        block = DepthwiseSeparable if self.version == "v1" else InvertedResidual
         for j, kwargs in enumerate(self.blocks, 1):
-            x = block(**kwargs, dtype=self.dtype, name=f"block{j}")(x, train)
+            if self.version == "v1":  # a v1 block's output may be deferred to the next one
+                block = DepthwiseSeparable(**kwargs, defer=j < len(self.blocks),
+                                           dtype=self.dtype, name=f"block{j}")
+            else:
+                block = InvertedResidual(**kwargs, dtype=self.dtype, name=f"block{j}")
+            x = block(x, train)
         return x
 
 

@@ -32,13 +32,18 @@ EXIT = (728, 1024, True)
 MIDDLE_BLOCKS, MIDDLE_WIDTH = 8, 728
 
 
-def sep_conv_bn(x, filters: int, index: int, train: bool, dtype: Any, relu_first=True):
-    """(ReLU), separable 3x3 conv, BN: ``sepconv{index}``, ``sepconv{index}_bn`` of the caller."""
+def sep_conv_bn(x, filters: int, index: int, train: bool, dtype: Any, relu_first=True,
+                defer=False):
+    """(ReLU), separable 3x3 conv, BN: ``sepconv{index}``, ``sepconv{index}_bn`` of the caller.
+
+    In inference the ReLU, and with ``defer`` (the result goes only to a separable conv or a
+    max pool) the BN, may come back :class:`zoo.layers.Deferred`: applied by the native
+    depthwise conv or max pool as they read their input (the same numbers)."""
     if relu_first:
-        x = nn.relu(x)
+        x = layers.relu(x, defer=not train)
     x = layers.SeparableConv(filters, 3, use_bias=False, dtype=dtype, name=f"sepconv{index}")(x)
     return layers.batch_norm(name=f"sepconv{index}_bn", dtype=dtype, **BN)(
-        x, use_running_average=not train)
+        x, use_running_average=not train, defer=defer)
 
 
 class ProjectionBlock(nn.Module):
@@ -54,8 +59,8 @@ class ProjectionBlock(nn.Module):
                                name="shortcut_conv")(x)
         shortcut = layers.batch_norm(name="shortcut_bn", dtype=self.dtype, **BN)(
             shortcut, use_running_average=not train)
-        y = sep_conv_bn(x, self.filters[0], 1, train, self.dtype, self.relu_first)
-        y = sep_conv_bn(y, self.filters[1], 2, train, self.dtype)
+        y = sep_conv_bn(x, self.filters[0], 1, train, self.dtype, self.relu_first, defer=True)
+        y = sep_conv_bn(y, self.filters[1], 2, train, self.dtype, defer=True)
         return layers.max_pool(y, 3, 2, padding="SAME") + shortcut
 
 
@@ -69,7 +74,7 @@ class MiddleBlock(nn.Module):
     def __call__(self, x, train: bool):
         y = x
         for k in (1, 2, 3):
-            y = sep_conv_bn(y, self.filters, k, train, self.dtype)
+            y = sep_conv_bn(y, self.filters, k, train, self.dtype, defer=k < 3)
         return x + y
 
 
@@ -80,7 +85,8 @@ class ExitConvs(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.relu(sep_conv_bn(x, 1536, 1, train, self.dtype, relu_first=False))
+        x = sep_conv_bn(x, 1536, 1, train, self.dtype, relu_first=False, defer=True)
+        x = layers.relu(x)
         return nn.relu(sep_conv_bn(x, 2048, 2, train, self.dtype, relu_first=False))
 
 

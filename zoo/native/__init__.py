@@ -50,6 +50,7 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,9 @@ CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _TARGETS = {"zoo_depthwise_forward": "ZooDepthwiseForward",
             "zoo_depthwise_kernel_grad": "ZooDepthwiseKernelGrad",
             "zoo_max_pool": "ZooMaxPool", "zoo_max_pool_grad": "ZooMaxPoolGrad",
-            "zoo_conv": "ZooConv", "zoo_conv_kernel_grad": "ZooConvKernelGrad"}
+            "zoo_conv": "ZooConv", "zoo_conv_kernel_grad": "ZooConvKernelGrad",
+            "zoo_depthwise_forward_act": "ZooDepthwiseForwardAct",
+            "zoo_max_pool_act": "ZooMaxPoolAct"}
 
 
 class NativeBuildError(RuntimeError):
@@ -177,12 +180,29 @@ def _warn_once(error: str) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
-def _call(target: str, shape, *args: jax.Array, **attrs: int) -> jax.Array:
+def _call(target: str, shape, *args: jax.Array, **attrs: int | float) -> jax.Array:
     if any(a.dtype != jnp.float32 for a in args):
         raise TypeError(f"the native kernels are float32, got {[str(a.dtype) for a in args]}")
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
                             vmap_method="sequential")
-    return call(*args, **{k: np.int64(v) for k, v in attrs.items()})
+    return call(*args, **{k: np.float32(v) if isinstance(v, float) else np.int64(v)
+                          for k, v in attrs.items()})
+
+
+class Act(NamedTuple):
+    """A per-channel activation the kernels apply to their input as they read it:
+    ``clip((x - center) * scale + shift, lo, hi)`` (``center``, ``scale``, ``shift`` of
+    shape ``(C,)``, float32): an inference batch norm and a ReLU (``lo=0``) or ReLU6
+    (``hi=6``). Padding belongs to the activated input."""
+
+    center: jax.Array
+    scale: jax.Array
+    shift: jax.Array
+    lo: float = -np.inf
+    hi: float = np.inf
+
+    def operands(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return self.center, self.scale, self.shift
 
 
 def _out_size(size, pads, kernel, dilation, strides) -> tuple[int, int]:
@@ -190,13 +210,19 @@ def _out_size(size, pads, kernel, dilation, strides) -> tuple[int, int]:
                  in zip(size, pads, kernel, dilation, strides, strict=True))
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, strides, dilation, pads) -> jax.Array:
-    """A depthwise conv (multiplier 1) of ``x (N, H, W, C)`` with ``kernel (kh, kw, C)`` and
-    explicit ``pads``: ``(N, OH, OW, C)``; float32, CPU only (call :func:`available` first)."""
+def depthwise_conv(x: jax.Array, kernel: jax.Array, strides, dilation, pads,
+                   act: Act | None = None) -> jax.Array:
+    """A depthwise conv (multiplier 1) of ``x (N, H, W, C)`` (or of ``act`` applied to it)
+    with ``kernel (kh, kw, C)`` and explicit ``pads``: ``(N, OH, OW, C)``; float32, CPU
+    only (call :func:`available` first)."""
     (sh, sw), (dh, dw) = strides, dilation
     oh, ow = _out_size(x.shape[1:3], pads, kernel.shape[:2], dilation, strides)
-    return _call("zoo_depthwise_forward", (x.shape[0], oh, ow, x.shape[3]), x, kernel, sh=sh,
-                 sw=sw, dh=dh, dw=dw, pt=pads[0][0], pl=pads[1][0])
+    shape = (x.shape[0], oh, ow, x.shape[3])
+    geometry = dict(sh=sh, sw=sw, dh=dh, dw=dw, pt=pads[0][0], pl=pads[1][0])
+    if act is None:
+        return _call("zoo_depthwise_forward", shape, x, kernel, **geometry)
+    return _call("zoo_depthwise_forward_act", shape, x, kernel, *act.operands(), **geometry,
+                 lo=float(act.lo), hi=float(act.hi))
 
 
 def depthwise_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, dilation,
@@ -232,12 +258,17 @@ def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, pads) ->
                  sh=sh, sw=sw, pt=pads[0][0], pl=pads[1][0])
 
 
-def max_pool(x: jax.Array, window, strides, pads) -> jax.Array:
-    """Max pooling of ``x (N, H, W, C)`` with explicit ``pads`` (-inf); float32, CPU only."""
+def max_pool(x: jax.Array, window, strides, pads, act: Act | None = None) -> jax.Array:
+    """Max pooling of ``x (N, H, W, C)`` (or of ``act`` applied to it) with explicit
+    ``pads`` (-inf); float32, CPU only."""
     (kh, kw), (sh, sw) = window, strides
     oh, ow = _out_size(x.shape[1:3], pads, window, (1, 1), strides)
-    return _call("zoo_max_pool", (x.shape[0], oh, ow, x.shape[3]), x, kh=kh, kw=kw, sh=sh,
-                 sw=sw, pt=pads[0][0], pl=pads[1][0])
+    shape = (x.shape[0], oh, ow, x.shape[3])
+    geometry = dict(kh=kh, kw=kw, sh=sh, sw=sw, pt=pads[0][0], pl=pads[1][0])
+    if act is None:
+        return _call("zoo_max_pool", shape, x, **geometry)
+    return _call("zoo_max_pool_act", shape, x, *act.operands(), **geometry, lo=float(act.lo),
+                 hi=float(act.hi))
 
 
 def max_pool_grad(x: jax.Array, y: jax.Array, dy: jax.Array, window, strides,

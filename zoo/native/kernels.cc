@@ -53,14 +53,62 @@ struct Geometry {
     const int64_t last = w - 1 - (kw - 1) * dw + pl;  // largest ow * sw allowed
     return std::max(lo(), std::min(ow, last < 0 ? 0 : last / sw + 1));
   }
+  // The input row (in the image or not) of tap row i of output row o.
+  int64_t InputRow(int64_t o, int64_t i) const { return o * sh - pt + i * dh; }
   // The kh input rows of output row r = (n, oh); `zeros` (a row of w * c zeros) outside.
   void Rows(const float* x, int64_t r, const float* zeros, const float** rows) const {
     const int64_t b = r / oh, o = r % oh;
     for (int64_t i = 0; i < kh; ++i) {
-      const int64_t row = o * sh - pt + i * dh;
+      const int64_t row = InputRow(o, i);
       rows[i] = (row < 0 || row >= h) ? zeros : x + (b * h + row) * w * c;
     }
   }
+};
+
+// ---- input activation ------------------------------------------------------------------
+
+// A per-channel activation of the input, applied to each value as it is read:
+// clip((x - center) * scale + shift, lo, hi) (an inference batch norm and a ReLU or ReLU6
+// before a depthwise conv or a max pool), so that XLA never writes the activated tensor.
+// The padding is that of the activated input (taps outside are still skipped).
+struct Act {
+  const float *center = nullptr, *scale = nullptr, *shift = nullptr;
+  float lo = 0.0f, hi = 0.0f;
+
+  // The w pixels of one input row (w * c values), activated into `out`.
+  void Row(const float* x, int64_t w, int64_t c, float* out) const {
+    for (int64_t p = 0; p < w; ++p, x += c, out += c) {
+#pragma GCC ivdep
+      for (int64_t k = 0; k < c; ++k)
+        out[k] = std::min(std::max((x[k] - center[k]) * scale[k] + shift[k], lo), hi);
+    }
+  }
+};
+
+// Activated input rows of one thread, by input row (b * h + row): a ring of `slots` rows,
+// enough for every tap row of one output row (consecutive output rows of a chunk share
+// most of them, so each input row is activated about once per chunk).
+class ActRows {
+ public:
+  ActRows(const Act& act, const float* x, int64_t w, int64_t c, int64_t slots)
+      : act_(act), x_(x), size_(w * c), w_(w), c_(c), buf_(slots * w * c), tag_(slots, -1) {}
+
+  const float* Get(int64_t key) {
+    const int64_t s = key % static_cast<int64_t>(tag_.size());
+    float* p = buf_.data() + s * size_;
+    if (tag_[s] != key) {
+      act_.Row(x_ + key * size_, w_, c_, p);
+      tag_[s] = key;
+    }
+    return p;
+  }
+
+ private:
+  const Act act_;
+  const float* x_;
+  int64_t size_, w_, c_;
+  std::vector<float> buf_;
+  std::vector<int64_t> tag_;
 };
 
 constexpr int kBlock = 32;  // channels kept in registers per pass (two AVX-512 vectors)
@@ -184,9 +232,13 @@ struct ForwardWorker {
   float* y;
   std::vector<float> zeros;
   std::vector<const float*> xrows;
+  std::optional<ActRows> act;  // the input's activation, if any
 
-  ForwardWorker(const Geometry& g, const float* x, const float* k, float* y)
-      : g(g), x(x), k(k), y(y), zeros(g.w * g.c, 0.0f), xrows(g.kh) {}
+  ForwardWorker(const Geometry& g, const float* x, const float* k, float* y,
+                const Act& a = Act{})
+      : g(g), x(x), k(k), y(y), zeros(g.w * g.c, 0.0f), xrows(g.kh) {
+    if (a.scale != nullptr) act.emplace(a, x, g.w, g.c, (g.kh - 1) * g.dh + 1);
+  }
 
   void operator()(int64_t r0, int64_t r1) {
     const int64_t blocked = (g.kh == 3 && g.kw == 3) ? g.c / kBlock * kBlock : 0;
@@ -194,6 +246,11 @@ struct ForwardWorker {
     const int64_t lo = g.lo(), hi = g.hi();
     for (int64_t r = r0; r < r1; ++r) {
       g.Rows(x, r, zeros.data(), xrows.data());
+      if (act) {
+        for (int64_t i = 0; i < g.kh; ++i) {
+          if (xrows[i] != zeros.data()) xrows[i] = act->Get((xrows[i] - x) / (g.w * g.c));
+        }
+      }
       float* yrow = y + r * g.ow * g.c;
       if (cols3x3 && g.sw == 1) {
         Forward3x3Row<1, 8>(g, xrows.data(), k, yrow, lo, hi);
@@ -352,6 +409,39 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   return ffi::Error::Success();
 }
 
+// The input activation of the *Act handlers: center, scale and shift of shape (C,).
+std::optional<ffi::Error> MakeAct(ffi::Buffer<ffi::F32> center, ffi::Buffer<ffi::F32> scale,
+                                  ffi::Buffer<ffi::F32> shift, float lo, float hi, int64_t c,
+                                  Act* act) {
+  for (auto* v : {&center, &scale, &shift}) {
+    auto d = v->dimensions();
+    if (d.size() != 1 || d[0] != c)
+      return ffi::Error::InvalidArgument("zoo native: center, scale and shift must be (C,)");
+  }
+  if (!(lo <= hi)) return ffi::Error::InvalidArgument("zoo native: activation lo > hi");
+  *act = Act{center.typed_data(), scale.typed_data(), shift.typed_data(), lo, hi};
+  return std::nullopt;
+}
+
+// Forward of the activated input: clip((x - center) * scale + shift, lo, hi).
+ffi::Error ForwardAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                      ffi::Buffer<ffi::F32> center, ffi::Buffer<ffi::F32> scale,
+                      ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
+                      int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl, float lo,
+                      float hi) {
+  auto xd = x.dimensions(), kd = k.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || kd.size() != 3 || yd.size() != 4 || xd[0] != yd[0] ||
+      xd[3] != kd[2] || xd[3] != yd[3])
+    return ffi::Error::InvalidArgument("zoo depthwise: x (N,H,W,C), k (KH,KW,C), y (N,OH,OW,C)");
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], kd[0], kd[1], sh, sw, dh, dw, pt, pl};
+  if (auto error = Check(g)) return *error;
+  Act act;
+  if (auto error = MakeAct(center, scale, shift, lo, hi, g.c, &act)) return *error;
+  ParallelRows<ForwardWorker>(pool, g.n * g.oh, g, x.typed_data(), k.typed_data(),
+                              y->typed_data(), act);
+  return ffi::Error::Success();
+}
+
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> out, int64_t sh, int64_t sw, int64_t dh,
                       int64_t dw, int64_t pt, int64_t pl) {
@@ -484,7 +574,7 @@ struct ConvWorker {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / g.oh, o = r % g.oh;
       for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t row = o * g.sh - g.pt + i;
+        const int64_t row = g.InputRow(o, i);
         xrows[i] = (row < 0 || row >= g.h) ? nullptr : x + (b * g.h + row) * g.w * g.c;
       }
       float* yrow = y + r * g.ow * co_n;
@@ -585,7 +675,7 @@ struct ConvKGradWorker {
       const int64_t b = r / g.oh, o = r % g.oh;
       const float* dyrow = dy + r * g.ow * co_n;
       for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t row = o * g.sh - g.pt + i;
+        const int64_t row = g.InputRow(o, i);
         if (row < 0 || row >= g.h) continue;
         const float* xrow = x + (b * g.h + row) * g.w * g.c;
         for (int64_t j = 0; j < g.kw; ++j) {
@@ -645,22 +735,32 @@ struct MaxPoolForwardWorker {
   const Geometry g;
   const float* x;
   float* y;
+  std::optional<ActRows> act;  // the input's activation, if any
+  std::vector<const float*> xrows;
 
-  MaxPoolForwardWorker(const Geometry& g, const float* x, float* y) : g(g), x(x), y(y) {}
+  MaxPoolForwardWorker(const Geometry& g, const float* x, float* y, const Act& a = Act{})
+      : g(g), x(x), y(y), xrows(g.kh) {
+    if (a.scale != nullptr) act.emplace(a, x, g.w, g.c, g.kh);
+  }
 
   void operator()(int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / g.oh, o = r % g.oh;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t row = g.InputRow(o, i), key = b * g.h + row;
+        xrows[i] = (row < 0 || row >= g.h) ? nullptr
+                   : act                   ? act->Get(key)
+                                           : x + key * g.w * g.c;
+      }
       for (int64_t ow = 0; ow < g.ow; ++ow) {
         float* yp = y + (r * g.ow + ow) * g.c;
         for (int64_t c = 0; c < g.c; ++c) yp[c] = -std::numeric_limits<float>::infinity();
         for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t row = o * g.sh - g.pt + i;
-          if (row < 0 || row >= g.h) continue;
+          if (xrows[i] == nullptr) continue;
           for (int64_t j = 0; j < g.kw; ++j) {
             const int64_t col = ow * g.sw - g.pl + j;
             if (col < 0 || col >= g.w) continue;
-            const float* xp = x + ((b * g.h + row) * g.w + col) * g.c;
+            const float* xp = xrows[i] + col * g.c;
 #pragma GCC ivdep
             for (int64_t c = 0; c < g.c; ++c)  // a NaN wins, as in XLA's max
               yp[c] = (xp[c] > yp[c] || xp[c] != xp[c]) ? xp[c] : yp[c];
@@ -695,7 +795,7 @@ struct MaxPoolGradWorker {
           std::copy(dy + at, dy + at + g.c, left.begin());
           float* lp = left.data();
           for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t row = o * g.sh - g.pt + i;
+            const int64_t row = g.InputRow(o, i);
             if (row < 0 || row >= g.h) continue;
             for (int64_t j = 0; j < g.kw; ++j) {
               const int64_t col = ow * g.sw - g.pl + j;
@@ -726,6 +826,21 @@ ffi::Error MaxPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuf
   const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], kh, kw, sh, sw, 1, 1, pt, pl};
   if (auto error = Check(g)) return *error;
   ParallelRows<MaxPoolForwardWorker>(pool, g.n * g.oh, g, x.typed_data(), y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error MaxPoolAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> center,
+                      ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
+                      ffi::ResultBuffer<ffi::F32> y, int64_t kh, int64_t kw, int64_t sh,
+                      int64_t sw, int64_t pt, int64_t pl, float lo, float hi) {
+  auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0] || xd[3] != yd[3])
+    return ffi::Error::InvalidArgument("zoo max pool: x (N,H,W,C), y (N,OH,OW,C)");
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], kh, kw, sh, sw, 1, 1, pt, pl};
+  if (auto error = Check(g)) return *error;
+  Act act;
+  if (auto error = MakeAct(center, scale, shift, lo, hi, g.c, &act)) return *error;
+  ParallelRows<MaxPoolForwardWorker>(pool, g.n * g.oh, g, x.typed_data(), y->typed_data(), act);
   return ffi::Error::Success();
 }
 
@@ -762,6 +877,24 @@ ffi::Error MaxPoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseForward, Forward, ZOO_DEPTHWISE_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseKernelGrad, KernelGrad, ZOO_DEPTHWISE_BINDING);
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooDepthwiseForwardAct, ForwardAct,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));
+
 #define ZOO_CONV_BINDING                       \
   ffi::Ffi::Bind()                             \
       .Ctx<ffi::ThreadPool>()                  \
@@ -787,6 +920,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPool, MaxPool,
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("pt")
                                   .Attr<int64_t>("pl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPoolAct, MaxPoolAct,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ZooMaxPoolGrad, MaxPoolGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
