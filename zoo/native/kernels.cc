@@ -87,26 +87,31 @@ struct Act {
 
 // Activated input rows of one thread, by input row (b * h + row): a ring of `slots` rows,
 // enough for every tap row of one output row (consecutive output rows of a chunk share
-// most of them, so each input row is activated about once per chunk).
+// most of them, so each input row is activated about once per chunk). Each row has `left`
+// and `right` pixels of zeros around it (the padding), so that a convolution reads every
+// output column through its inner loop; Zeros() is such a row of zeros (outside the image).
 class ActRows {
  public:
-  ActRows(const Act& act, const float* x, int64_t w, int64_t c, int64_t slots)
-      : act_(act), x_(x), size_(w * c), w_(w), c_(c), buf_(slots * w * c), tag_(slots, -1) {}
+  ActRows(const Act& act, const float* x, int64_t w, int64_t c, int64_t slots, int64_t left = 0,
+          int64_t right = 0)
+      : act_(act), x_(x), w_(w), c_(c), stride_((left + w + right) * c), left_(left * c),
+        buf_((slots + 1) * stride_, 0.0f), tag_(slots, -1) {}
 
   const float* Get(int64_t key) {
     const int64_t s = key % static_cast<int64_t>(tag_.size());
-    float* p = buf_.data() + s * size_;
+    float* p = buf_.data() + s * stride_ + left_;
     if (tag_[s] != key) {
-      act_.Row(x_ + key * size_, w_, c_, p);
+      act_.Row(x_ + key * w_ * c_, w_, c_, p);
       tag_[s] = key;
     }
     return p;
   }
+  const float* Zeros() const { return buf_.data() + tag_.size() * stride_ + left_; }
 
  private:
   const Act act_;
   const float* x_;
-  int64_t size_, w_, c_;
+  int64_t w_, c_, stride_, left_;
   std::vector<float> buf_;
   std::vector<int64_t> tag_;
 };
@@ -237,18 +242,22 @@ struct ForwardWorker {
   ForwardWorker(const Geometry& g, const float* x, const float* k, float* y,
                 const Act& a = Act{})
       : g(g), x(x), k(k), y(y), zeros(g.w * g.c, 0.0f), xrows(g.kh) {
-    if (a.scale != nullptr) act.emplace(a, x, g.w, g.c, (g.kh - 1) * g.dh + 1);
+    if (a.scale != nullptr) {  // padded rows: every output column is an inner one
+      const int64_t right = (g.ow - 1) * g.sw - g.pl + (g.kw - 1) * g.dw - (g.w - 1);
+      act.emplace(a, x, g.w, g.c, (g.kh - 1) * g.dh + 1, g.pl, std::max<int64_t>(right, 0));
+    }
   }
 
   void operator()(int64_t r0, int64_t r1) {
     const int64_t blocked = (g.kh == 3 && g.kw == 3) ? g.c / kBlock * kBlock : 0;
     const bool cols3x3 = g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1;
-    const int64_t lo = g.lo(), hi = g.hi();
+    const int64_t lo = act ? 0 : g.lo(), hi = act ? g.ow : g.hi();
     for (int64_t r = r0; r < r1; ++r) {
       g.Rows(x, r, zeros.data(), xrows.data());
       if (act) {
         for (int64_t i = 0; i < g.kh; ++i) {
-          if (xrows[i] != zeros.data()) xrows[i] = act->Get((xrows[i] - x) / (g.w * g.c));
+          xrows[i] = xrows[i] == zeros.data() ? act->Zeros()
+                                              : act->Get((xrows[i] - x) / (g.w * g.c));
         }
       }
       float* yrow = y + r * g.ow * g.c;
