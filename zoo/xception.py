@@ -91,7 +91,11 @@ class ExitConvs(nn.Module):
 
 
 class Stem(nn.Module):
-    """Conv 3x3/2 'valid' (32), BN, ReLU, conv 3x3 'valid' (64), BN, ReLU."""
+    """Conv 3x3/2 'valid' (32), BN, ReLU, conv 3x3 'valid' (64), BN, ReLU.
+
+    In inference the last BN and ReLU may come back :class:`zoo.layers.Deferred`: the
+    entry flow's first depthwise conv applies them as it reads them, its 1x1 stride-2
+    shortcut computes them for the pixels it takes (the same numbers)."""
 
     dtype: Any = jnp.float32
 
@@ -101,8 +105,8 @@ class Stem(nn.Module):
             x = layers.Conv(filters, 3, stride, "VALID", use_bias=False, dtype=self.dtype,
                             name=f"conv{k}")(x)
             x = layers.batch_norm(name=f"bn{k}", dtype=self.dtype, **BN)(
-                x, use_running_average=not train)
-            x = nn.relu(x)
+                x, use_running_average=not train, defer=k == 2)
+            x = layers.relu(x)
         return x
 
 
