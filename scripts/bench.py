@@ -4,7 +4,10 @@
         [--tf-python /path/to/python-with-tensorflow] [--json bench.json] [--markdown bench.md]
     python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.conv)
 
-Each framework runs in its own process (``ours``: the zoo under jit with
+Each framework runs each model in a fresh process of its own (a model timed after others
+in the same process ran 5-10% slower, ours and TensorFlow's alike: BENCHMARKS.md, session
+9; ``--shared-process`` runs one process per framework and round instead) (``ours``: the
+zoo under jit with
 ``zoo.compiler_options()``, as ``train`` runs it; ``keras-jax``:
 ``keras.applications`` with ``KERAS_BACKEND=jax``; ``keras-tf``: the same on TensorFlow,
 skipped with a note when no interpreter with TensorFlow is found: install the ``bench``
@@ -317,6 +320,18 @@ def run_worker(framework: str, python: str, args, models: list[str]) -> dict:
     return result
 
 
+def merge_workers(parts: list[dict]) -> dict:
+    """The results of one framework's round when each model ran in its own worker: one
+    result as :func:`run_worker` returns it (the first error kept)."""
+    merged = {"version": next((p["version"] for p in parts if p.get("version")), None),
+              "models": {}}
+    for part in parts:
+        merged["models"].update(part.get("models", {}))
+        if "error" in part and "error" not in merged:
+            merged["error"] = part["error"]
+    return merged
+
+
 def merge_rounds(runs: list[dict]) -> dict:
     """One framework's results over several rounds: per model and mode the median of the
     rounds' times (each itself a median of repeats); every round's times kept in
@@ -379,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the frameworks this many times in turn and report each "
                              "one's median over the rounds (the machine's speed drifts)")
+    parser.add_argument("--shared-process", action="store_true",
+                        help="time all models of a framework in one process per round "
+                             "(default: a fresh process per model)")
     parser.add_argument("--tf-python", default=None,
                         help="an interpreter with tensorflow and keras for the keras-tf column")
     parser.add_argument("--json", default=None, help="write all results here")
@@ -415,7 +433,11 @@ def main(argv: list[str] | None = None) -> None:
         for fw, python in pythons.items():
             print(f"{fw}:" + (f" round {r + 1}/{args.rounds}" if args.rounds > 1 else ""),
                   file=sys.stderr, flush=True)
-            runs[fw].append(run_worker(fw, python, args, models))
+            if args.shared_process:
+                runs[fw].append(run_worker(fw, python, args, models))
+            else:
+                runs[fw].append(merge_workers([run_worker(fw, python, args, [m])
+                                               for m in models]))
             if "error" in runs[fw][-1]:
                 notes.append(f"{fw} (round {r + 1}): {runs[fw][-1]['error']}")
     results = {fw: merge_rounds(rs) for fw, rs in runs.items()}

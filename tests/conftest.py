@@ -1,6 +1,9 @@
 """Shared test settings: Keras (the parity reference) runs on the JAX backend."""
 
 import os
+import shutil
+
+import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -45,3 +48,16 @@ def model_params(names=None, *, quick=QUICK_MODELS):
 def small_size(name: str) -> int:
     """A small valid input side for a model: cheap, but deep enough to exercise every layer."""
     return max(zoo.spec(name).min_size, 32)
+
+
+
+@pytest.fixture(params=["on", "off"])
+def native_mode(request, monkeypatch):
+    """Each case twice: with the native kernels (required) and with XLA's formulations
+    (what GPU and TPU run, and the fallback)."""
+    from zoo import native
+
+    if request.param == "on" and shutil.which(native.compiler()) is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setenv("ZOO_NATIVE", request.param)
+    return request.param

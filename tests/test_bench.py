@@ -43,3 +43,30 @@ def test_conv_table_times_the_depthwise_conv_with_and_without_native_kernels():
             grad = bench._under_native(f.native_mode, grad)
             text = jax.jit(grad).trace(x, w).lower().as_text()
             assert ("zoo_depthwise_kernel_grad" in text) == (f.native_mode == "on"), label
+
+
+def test_workers_of_one_round_merge():
+    parts = [{"version": "v", "models": {"a": {"infer": 1.0}}},
+             {"error": "worker exited with 9 before any result"},
+             {"version": "v", "models": {"c": {"infer": 2.0}}, "error": "worker exited with 1"}]
+    merged = bench.merge_workers(parts)
+    assert merged["models"] == {"a": {"infer": 1.0}, "c": {"infer": 2.0}}
+    assert merged["version"] == "v" and merged["error"].startswith("worker exited with 9")
+
+
+def test_each_model_times_in_its_own_process(tmp_path, capsys, monkeypatch):
+    """End to end, two small models: one worker process each, both in the table and the
+    JSON (the workers are real; the spy only records what each was given)."""
+    out, given, real = tmp_path / "b.json", [], bench.run_worker
+    monkeypatch.setattr(bench, "run_worker", lambda fw, python, args, models: (
+        given.append(list(models)), real(fw, python, args, models))[1])
+    bench.main(["--models", "squeezenet1_1,alexnet", "--frameworks", "ours", "--batch", "1",
+                "--warmup", "0", "--repeats", "1", "--modes", "infer", "--json", str(out)])
+    import json
+
+    results = json.loads(out.read_text())["results"]["ours"]
+    assert set(results["models"]) == {"squeezenet1_1", "alexnet"}
+    assert all(r["models"][m]["infer"] > 0 for r in results["rounds"]
+               for m in ("squeezenet1_1", "alexnet"))
+    assert "| squeezenet1_1 | infer |" in capsys.readouterr().out
+    assert given == [["squeezenet1_1"], ["alexnet"]]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from test_mobile import assert_same_function
-from test_native import lowered, native_mode, needs_cxx  # noqa: F401  (a fixture)
+from test_native import lowered, needs_cxx
 
 import zoo
 from zoo import conv, layers
@@ -117,10 +117,12 @@ def _bn_variables(c: int):
     x = jnp.zeros((1, 4, 4, c))
     v = _BN().init(jax.random.PRNGKey(0), x, train=False, defer=False)
     keys = jax.random.split(jax.random.PRNGKey(1), 4)
-    return {"params": {"bn": {"scale": jax.random.normal(keys[0], (c,)),
-                              "bias": jax.random.normal(keys[1], (c,))}},
-            "batch_stats": {"bn": {"mean": jax.random.normal(keys[2], (c,)),
-                                   "var": jnp.exp(jax.random.normal(keys[3], (c,)))}}}
+    random = {"params": {"bn": {"scale": jax.random.normal(keys[0], (c,)),
+                                "bias": jax.random.normal(keys[1], (c,))}},
+              "batch_stats": {"bn": {"mean": jax.random.normal(keys[2], (c,)),
+                                     "var": jnp.exp(jax.random.normal(keys[3], (c,)))}}}
+    assert jax.tree.structure(random) == jax.tree.structure(v)  # Flax's variables
+    return random
 
 
 @needs_cxx

@@ -25,16 +25,6 @@ needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler: the native 
                                "cannot be built here (zoo falls back to XLA)")
 
 
-@pytest.fixture(params=["on", "off"])
-def native_mode(request, monkeypatch):
-    """Each case twice: with the native kernels (required) and with XLA's formulations
-    (what GPU and TPU run, and the fallback)."""
-    if request.param == "on" and not HAS_CXX:
-        pytest.skip("no C++ compiler")
-    monkeypatch.setenv("ZOO_NATIVE", request.param)
-    return request.param
-
-
 def lowered(f, *args, platforms=("cpu",)) -> str:
     return jax.jit(f).trace(*args).lower(lowering_platforms=platforms).as_text()
 
@@ -292,8 +282,9 @@ def test_model_step_equals_without_native(monkeypatch, name, size):
     convolutions (the stems; ResNet18's first stage, with its input gradients).
 
     Inference-mode batch norm (deferred into the native kernels where they run: the
-    gradient through a frozen batch norm, as in fine-tuning): in training mode, 2 images of 32-71 px give batch norms of
-    2-50 values, where rounding alone moves results by 1e-3. The output is compared to
+    gradient through a frozen batch norm, as in fine-tuning): in training mode, 2 images
+    of 32-71 px give batch norms of 2-50 values, where rounding alone moves results by
+    1e-3. The output is compared to
     float32 rounding, the gradients by direction, leaf by leaf: a ReLU input that rounding
     moves across zero changes a gradient by percents (measured: a 1e-7 relative
     perturbation of the parameters moved Xception's training gradients 6% from the float64
