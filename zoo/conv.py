@@ -903,7 +903,8 @@ class Deferred:
     as it reads ``x``, so the activated tensor is never written to memory (an elementwise
     pass less per layer: Xception, the MobileNets, BENCHMARKS.md "Session 9"); any other
     consumer calls :meth:`value`, which XLA fuses as it did the unfused layers. The numbers
-    are the unfused layers' exactly (the same operations in the same order).
+    are the unfused layers' (the same operations in the same order; equal to float32
+    rounding in the tests, bit for bit in most).
 
     Made by ``layers.BatchNorm(..., defer=True)`` and :func:`relu` when :func:`defers` says
     so (float32 on the CPU, native kernels available); gradients flow through it (custom
