@@ -19,7 +19,10 @@ is written:
   kernel gradient (BENCHMARKS.md, "Session 8");
 - :func:`max_pool` and :func:`max_pool_grad`: max pooling and its gradient (to each
   window's first maximum in row-major order, as XLA's select-and-scatter) in one pass
-  each, where XLA:CPU makes two 1-D passes that write padded views.
+  each, where XLA:CPU makes two 1-D passes that write padded views;
+- the depthwise forward and the max pool also of an activated input (``act``:
+  :class:`Act`, an inference batch norm and a ReLU / ReLU6 applied to each input row as
+  it is read, so the activated tensor is never written: ``zoo.conv.Deferred``).
 
 ``zoo.conv`` calls them on the CPU only (``lax.platform_dependent``: the same traced
 function runs XLA's formulation on GPU and TPU).

@@ -17,6 +17,9 @@
 //   128 channels), where XLA:CPU's convolution runs at a third to a half of the matrix
 //   product's speed. Also the input gradient at stride 1 (dy with the flipped kernel).
 // - ZooConvKernelGrad: its kernel gradient dk (KH, KW, C, CO) in one pass over x and dy.
+// - ZooDepthwiseForwardAct, ZooMaxPoolAct: the depthwise forward and the max pool of an
+//   activated input, clip((x - center) * scale + shift, lo, hi) per channel (an inference
+//   batch norm and a ReLU / ReLU6), applied to each input row as it is read (Act, ActRows).
 //
 // 3x3 depthwise convolutions and the dense ones use explicit SIMD vectors (GCC/Clang
 // vector extensions) so that the register blocks stay in registers whatever the compiler's
