@@ -169,21 +169,26 @@ def test_relu_of_deferred_values(monkeypatch):
 
 
 @needs_cxx
-@pytest.mark.parametrize("name", ["xception", "mobilenet", "mobilenetv2"])
-def test_models_defer_into_native_kernels_in_inference_only(monkeypatch, name):
-    """Inference lowers to the fused kernels, training to none of them; the GPU lowering of
-    the same function has no custom call at all."""
+@pytest.mark.parametrize("name, depthwise, pool", [
+    ("xception", True, True), ("mobilenet", True, False), ("mobilenetv2", True, False),
+    ("resnet50", False, True), ("densenet121", False, True)])
+def test_models_defer_into_native_kernels_in_inference_only(monkeypatch, name, depthwise,
+                                                            pool):
+    """Inference lowers to the fused kernels (depthwise convs; the max pools after a batch
+    norm and ReLU: Xception's entry flow, the ResNet and DenseNet stems), training to none
+    of them; the GPU lowering of the same function has no custom call at all."""
     monkeypatch.setenv("ZOO_NATIVE", "on")
     size = 71 if name == "xception" else 32
     model = zoo.create(name, num_classes=3)
     x = jnp.zeros((1, size, size, 3))
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     infer = lowered(lambda v, x: model.apply(v, x), variables, x)
-    assert "zoo_depthwise_forward_act" in infer
-    assert ("zoo_max_pool_act" in infer) == (name == "xception")
+    assert ("zoo_depthwise_forward_act" in infer) == depthwise
+    assert ("zoo_max_pool_act" in infer) == pool
     train = lowered(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
                                              rngs={"dropout": jax.random.PRNGKey(0)}),
                     variables, x)
-    assert "zoo_depthwise_forward(" in train and "_act" not in train
+    assert ("zoo_depthwise_forward(" in train) == depthwise and "_act" not in train
+    assert ("zoo_max_pool(" in train) == pool
     assert "zoo_" not in lowered(lambda v, x: model.apply(v, x), variables, x,
                                  platforms=("cuda",))

@@ -968,8 +968,9 @@ def relu(x: jax.Array | Deferred, max_value: float | None = None, *,
         c = x.shape[-1]
         zeros = jnp.zeros((c,), x.dtype)
         return Deferred(x, zeros, jnp.ones((c,), x.dtype), zeros, 0.0, hi)
-    y = jnp.maximum(x, 0)
-    return y if max_value is None else jnp.minimum(y, max_value)
+    if max_value is None:
+        return jax.nn.relu(x)  # its gradient at 0 is 0, as the models always had
+    return jnp.minimum(jnp.maximum(x, 0), max_value)
 
 
 def value(x: jax.Array | Deferred) -> jax.Array:

@@ -84,9 +84,12 @@ class Stem(nn.Module):
     def __call__(self, x, train: bool):
         x = layers.Conv(64, 7, 2, padding=3, use_bias=False, dtype=self.dtype, name="conv")(x)
         x = layers.batch_norm(name="bn", dtype=self.dtype, **KERAS_BN)(
-            x, use_running_average=not train
+            x, use_running_average=not train, defer=True
         )
-        return layers.max_pool(layers.pad(nn.relu(x), 1), 3, 2)  # ZeroPadding2D + valid pool
+        # Keras: ZeroPadding2D then a 'valid' pool; after a ReLU the pool's own -inf padding
+        # gives the same maxima without a padded copy. In inference the BN and ReLU may be
+        # deferred (zoo.layers.Deferred): the native max pool applies them as it reads.
+        return layers.max_pool(layers.relu(x), 3, 2, padding=1)
 
 
 class DenseNet(nn.Module):

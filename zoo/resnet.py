@@ -138,18 +138,22 @@ class Stem(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
+        # In inference the BN and ReLU before the pool may be deferred (zoo.layers.Deferred):
+        # the native max pool applies them as it reads its input (the same numbers).
         if self.variant == "basic":
             x = layers.Conv(64, 7, 2, padding=3, use_bias=False, dtype=self.dtype, name="conv")(x)
             x = layers.batch_norm(name="bn", dtype=self.dtype, **TORCH_BN)(
-                x, use_running_average=not train
+                x, use_running_average=not train, defer=True
             )
-            return layers.max_pool(nn.relu(x), 3, 2, padding=1)
+            return layers.max_pool(layers.relu(x), 3, 2, padding=1)
         x = layers.Conv(64, 7, 2, padding=3, dtype=self.dtype, name="conv")(x)
         if self.variant == "v1":
             x = layers.batch_norm(name="bn", dtype=self.dtype, **KERAS_BN)(
-                x, use_running_average=not train
+                x, use_running_average=not train, defer=True
             )
-            x = nn.relu(x)
+            # Keras pads with zeros (ZeroPadding2D, then a 'valid' pool); after a ReLU the
+            # pool's own -inf padding gives the same maxima, without a padded copy
+            return layers.max_pool(layers.relu(x), 3, 2, padding=1)
         return layers.max_pool(layers.pad(x, 1), 3, 2)  # Keras: ZeroPadding2D + valid pool
 
 
