@@ -4,14 +4,14 @@
         [--tf-python /path/to/python-with-tensorflow] [--json bench.json] [--markdown bench.md]
     python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.conv)
 
-Each framework runs each model in a fresh process of its own (a model timed after others
-in the same process ran 5-10% slower, ours and TensorFlow's alike: BENCHMARKS.md, session
-9; ``--shared-process`` runs one process per framework and round instead) (``ours``: the
-zoo under jit with
+Each framework runs each model in a fresh process of its own, as a user's script would
+(timed after other models in the same process, ours ran 5-10% slower and TensorFlow ~10%
+faster: BENCHMARKS.md, session 9; ``--shared-process`` runs one process per framework and
+round instead). ``ours``: the zoo under jit with
 ``zoo.compiler_options()``, as ``train`` runs it; ``keras-jax``:
 ``keras.applications`` with ``KERAS_BACKEND=jax``; ``keras-tf``: the same on TensorFlow,
 skipped with a note when no interpreter with TensorFlow is found: install the ``bench``
-extra, or pass ``--tf-python``). All use float32, random data, batch 32, 224 px (299
+extra, or pass ``--tf-python``. All use float32, random data, batch 32, 224 px (299
 for Xception). Inference is a forward pass in inference mode; a training step is a
 forward and backward pass in training mode (batch statistics), softmax cross-entropy on
 integer labels and a plain SGD update. Times are the median of ``--repeats`` runs after
