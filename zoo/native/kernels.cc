@@ -327,16 +327,15 @@ inline void KernelGradGeneric(const Geometry& g, const float* const* xrows, cons
   }
 }
 
-// Sums its rows into its own accumulators; Finish adds them to the result (under a lock).
+// Adds its rows' products to `acc` (ParallelSum zeroes and collects it per chunk).
 struct KernelGradWorker {
   const Geometry g;
   const float *x, *dy;
-  float* out;
   std::vector<float> zeros, acc;
   std::vector<const float*> xrows;
 
-  KernelGradWorker(const Geometry& g, const float* x, const float* dy, float* out)
-      : g(g), x(x), dy(dy), out(out), zeros(g.w * g.c, 0.0f), acc(g.kh * g.kw * g.c, 0.0f),
+  KernelGradWorker(const Geometry& g, const float* x, const float* dy)
+      : g(g), x(x), dy(dy), zeros(g.w * g.c, 0.0f), acc(g.kh * g.kw * g.c, 0.0f),
         xrows(g.kh) {}
 
   void operator()(int64_t r0, int64_t r1) {
@@ -352,9 +351,6 @@ struct KernelGradWorker {
       KernelGradGeneric(g, xrows.data(), dyrow, 0, g.c, 0, lo, acc.data());
       KernelGradGeneric(g, xrows.data(), dyrow, 0, g.c, hi, g.ow, acc.data());
     }
-  }
-  void Finish() {
-    for (size_t t = 0; t < acc.size(); ++t) out[t] += acc[t];
   }
 };
 
@@ -398,6 +394,45 @@ void ParallelRows(ffi::ThreadPool& pool, int64_t rows, Args... args) {
   work();
   std::unique_lock<std::mutex> lock(p->mu);
   p->done.wait(lock, [&] { return p->finished == p->chunks; });
+}
+
+// Sums over rows that are the same bit for bit in every run, whichever thread takes which
+// rows and however many threads there are (an exact resume needs it): rows [0, rows) in
+// at most kSumChunks fixed chunks, each summed from zero into its own slot by whichever
+// thread takes it (Worker adds its rows to its `acc`), then the slots added in order.
+constexpr int64_t kSumChunks = 16;
+
+template <typename Worker>
+struct SumChunks {
+  Worker w;
+  const int64_t rows, chunks;
+  float* slots;
+
+  template <typename... Args>
+  SumChunks(int64_t rows, int64_t chunks, float* slots, Args... args)
+      : w(args...), rows(rows), chunks(chunks), slots(slots) {}
+
+  void operator()(int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      std::fill(w.acc.begin(), w.acc.end(), 0.0f);
+      w(k * rows / chunks, (k + 1) * rows / chunks);
+      std::copy(w.acc.begin(), w.acc.end(), slots + k * w.acc.size());
+    }
+  }
+  void Finish() {}
+};
+
+template <typename Worker, typename... Args>
+void ParallelSum(ffi::ThreadPool& pool, int64_t rows, int64_t size, float* out, Args... args) {
+  std::fill(out, out + size, 0.0f);
+  if (rows == 0) return;
+  const int64_t chunks = std::min(rows, kSumChunks);
+  std::vector<float> slots(chunks * size);
+  ParallelRows<SumChunks<Worker>>(pool, chunks, rows, chunks, slots.data(), args...);
+  for (int64_t k = 0; k < chunks; ++k) {
+    const float* slot = slots.data() + k * size;
+    for (int64_t t = 0; t < size; ++t) out[t] += slot[t];
+  }
 }
 
 std::optional<ffi::Error> Check(const Geometry& g) {
@@ -463,10 +498,8 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     return ffi::Error::InvalidArgument("zoo depthwise: x (N,H,W,C), dy (N,OH,OW,C), dk (KH,KW,C)");
   const Geometry g{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], od[0], od[1], sh, sw, dh, dw, pt, pl};
   if (auto error = Check(g)) return *error;
-  float* o = out->typed_data();
-  std::fill(o, o + g.kh * g.kw * g.c, 0.0f);
-  if (g.ow > 0)
-    ParallelRows<KernelGradWorker>(pool, g.n * g.oh, g, x.typed_data(), dy.typed_data(), o);
+  ParallelSum<KernelGradWorker>(pool, g.ow > 0 ? g.n * g.oh : 0, g.kh * g.kw * g.c,
+                                out->typed_data(), g, x.typed_data(), dy.typed_data());
   return ffi::Error::Success();
 }
 
@@ -661,13 +694,10 @@ struct ConvKGradWorker {
   const Geometry g;  // c: input channels
   const int64_t co_n;
   const float *x, *dy;
-  float* out;
-  std::vector<float> total, part;
+  std::vector<float> acc;  // its rows' sums (ParallelSum zeroes and collects it per chunk)
 
-  ConvKGradWorker(const Geometry& g, int64_t co_n, const float* x, const float* dy,
-                  float* out)
-      : g(g), co_n(co_n), x(x), dy(dy), out(out), total(g.kh * g.kw * g.c * co_n, 0.0f),
-        part(total.size()) {}
+  ConvKGradWorker(const Geometry& g, int64_t co_n, const float* x, const float* dy)
+      : g(g), co_n(co_n), x(x), dy(dy), acc(g.kh * g.kw * g.c * co_n, 0.0f) {}
 
   template <int NV>
   void Channels(const float* xrow, const float* dyrow, int64_t j, int64_t ow0, int64_t ow1,
@@ -678,11 +708,9 @@ struct ConvKGradWorker {
     for (; c0 < g.c; ++c0) ConvKGradCols<1, NV>(g, co_n, xrow, dyrow, j, ow0, ow1, c0, co, acc);
   }
 
-  // One chunk's rows summed on their own (rounding as a blocked sum), then added up.
   void operator()(int64_t r0, int64_t r1) {
     constexpr int64_t L = sizeof(VecW) / sizeof(float);
     const int64_t vec = co_n / L * L;
-    std::fill(part.begin(), part.end(), 0.0f);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / g.oh, o = r % g.oh;
       const float* dyrow = dy + r * g.ow * co_n;
@@ -696,29 +724,25 @@ struct ConvKGradWorker {
           const int64_t lastcol = g.w - 1 + g.pl - j;
           const int64_t end = lastcol < 0 ? 0 : std::min(g.ow, lastcol / g.sw + 1);
           if (first >= end) continue;
-          float* acc = part.data() + (i * g.kw + j) * g.c * co_n;
+          float* at = acc.data() + (i * g.kw + j) * g.c * co_n;
           int64_t co = 0;
           for (; co + kConvVecs * L <= vec; co += kConvVecs * L)
-            Channels<kConvVecs>(xrow, dyrow, j, first, end, co, acc);
+            Channels<kConvVecs>(xrow, dyrow, j, first, end, co, at);
           switch ((vec - co) / L) {
-            case 3: Channels<3>(xrow, dyrow, j, first, end, co, acc); break;
-            case 2: Channels<2>(xrow, dyrow, j, first, end, co, acc); break;
-            case 1: Channels<1>(xrow, dyrow, j, first, end, co, acc); break;
+            case 3: Channels<3>(xrow, dyrow, j, first, end, co, at); break;
+            case 2: Channels<2>(xrow, dyrow, j, first, end, co, at); break;
+            case 1: Channels<1>(xrow, dyrow, j, first, end, co, at); break;
             default: break;
           }
           for (int64_t ow = first; ow < end; ++ow) {  // channels past the last vector
             const float* xp = xrow + (ow * g.sw - g.pl + j) * g.c;
             const float* dp = dyrow + ow * co_n;
             for (int64_t c = 0; c < g.c; ++c)
-              for (int64_t q = vec; q < co_n; ++q) acc[c * co_n + q] += xp[c] * dp[q];
+              for (int64_t q = vec; q < co_n; ++q) at[c * co_n + q] += xp[c] * dp[q];
           }
         }
       }
     }
-    for (size_t t = 0; t < total.size(); ++t) total[t] += part[t];
-  }
-  void Finish() {
-    for (size_t t = 0; t < total.size(); ++t) out[t] += total[t];
   }
 };
 
@@ -733,11 +757,8 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const Geometry g{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], od[0], od[1], sh, sw, 1, 1,
                    pt, pl};
   if (auto error = Check(g)) return *error;
-  float* o = out->typed_data();
-  std::fill(o, o + g.kh * g.kw * g.c * od[3], 0.0f);
-  if (g.ow > 0)
-    ParallelRows<ConvKGradWorker>(pool, g.n * g.oh, g, od[3], x.typed_data(), dy.typed_data(),
-                                  o);
+  ParallelSum<ConvKGradWorker>(pool, g.ow > 0 ? g.n * g.oh : 0, g.kh * g.kw * g.c * od[3],
+                               out->typed_data(), g, od[3], x.typed_data(), dy.typed_data());
   return ffi::Error::Success();
 }
 
