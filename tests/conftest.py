@@ -50,7 +50,6 @@ def small_size(name: str) -> int:
     return max(zoo.spec(name).min_size, 32)
 
 
-
 @pytest.fixture(params=["on", "off"])
 def native_mode(request, monkeypatch):
     """Each case twice: with the native kernels (required) and with XLA's formulations

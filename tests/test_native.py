@@ -284,9 +284,9 @@ def test_model_step_equals_without_native(monkeypatch, name, size):
     Inference-mode batch norm (deferred into the native kernels where they run: the
     gradient through a frozen batch norm, as in fine-tuning): in training mode, 2 images
     of 32-71 px give batch norms of 2-50 values, where rounding alone moves results by
-    1e-3. The output is compared to
-    float32 rounding, the gradients by direction, leaf by leaf: a ReLU input that rounding
-    moves across zero changes a gradient by percents (measured: a 1e-7 relative
+    1e-3. The output is compared to float32 rounding, the gradients by direction, leaf by
+    leaf: a ReLU input that rounding moves across zero changes a gradient by percents
+    (measured: a 1e-7 relative
     perturbation of the parameters moved Xception's training gradients 6% from the float64
     ones, with XLA's formulations alone); a wrong kernel changes them entirely."""
     overrides = {"alpha": 0.25} if name == "mobilenet" else {}
