@@ -286,9 +286,9 @@ def test_model_step_equals_without_native(monkeypatch, name, size):
     of 32-71 px give batch norms of 2-50 values, where rounding alone moves results by
     1e-3. The output is compared to float32 rounding, the gradients by direction, leaf by
     leaf: a ReLU input that rounding moves across zero changes a gradient by percents
-    (measured: a 1e-7 relative
-    perturbation of the parameters moved Xception's training gradients 6% from the float64
-    ones, with XLA's formulations alone); a wrong kernel changes them entirely."""
+    (measured: a 1e-7 relative perturbation of the parameters moved Xception's training
+    gradients 6% from the float64 ones, with XLA's formulations alone); a wrong kernel
+    changes them entirely."""
     overrides = {"alpha": 0.25} if name == "mobilenet" else {}
     model = zoo.create(name, num_classes=3, **overrides)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 3))
