@@ -2,7 +2,7 @@
 
     python -m scripts.bench [--models resnet50,mobilenet,...] [--batch 32] [--rounds 3]
         [--tf-python /path/to/python-with-tensorflow] [--json bench.json] [--markdown bench.md]
-    python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.conv)
+    python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.backend.conv)
 
 Each framework runs each model in a fresh process of its own, as a user's script would
 (timed after other models in the same process, ours ran 5-10% slower and TensorFlow ~10%
@@ -187,7 +187,7 @@ def _run(f, *args) -> None:
 
 
 def _conv_impls(k: int, cin: int, s: tuple[int, int], pad: str, depthwise: bool) -> dict:
-    from zoo import conv, native
+    from zoo.backend import conv, native
 
     if depthwise:
         def xla(x, w):
@@ -212,7 +212,7 @@ def _swap(f, s, pad, x, w):
 
 def _under_native(mode: str, f):
     """``f`` traced with the native kernels ``mode`` (its gradient too: see bench_convs)."""
-    from zoo import native
+    from zoo.backend import native
 
     def run(*args):
         with native.use_mode(mode):
@@ -229,7 +229,7 @@ def bench_convs(warmup: int, repeats: int) -> str:
 
     lines = ["| input | kernel | formulation | forward GFLOP/s | fwd+grad GFLOP/s |",
              "|---|---|---|---|---|"]
-    from zoo import conv
+    from zoo.backend import conv
 
     jit = functools.partial(jax.jit, compiler_options=conv.compiler_options())
     for n, size, cin, cout, k, stride, pad, depthwise in CONV_SHAPES:

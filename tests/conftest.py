@@ -54,7 +54,7 @@ def small_size(name: str) -> int:
 def native_mode(request, monkeypatch):
     """Each case twice: with the native kernels (required) and with XLA's formulations
     (what GPU and TPU run, and the fallback)."""
-    from zoo import native
+    from zoo.backend import native
 
     if request.param == "on" and shutil.which(native.compiler()) is None:
         pytest.skip("no C++ compiler")

@@ -28,7 +28,7 @@ def test_conv_table_times_the_depthwise_conv_with_and_without_native_kernels():
     import numpy as np
 
     from scripts import bench
-    from zoo import native
+    from zoo.backend import native
 
     impls = bench._conv_impls(3, 5, (1, 1), "SAME", depthwise=True)
     expected = {"xla", "matmul (shift, XLA)"} | (

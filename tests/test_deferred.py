@@ -1,4 +1,4 @@
-"""Deferred activations (zoo.conv.Deferred): an inference batch norm and a ReLU / ReLU6
+"""Deferred activations (zoo.backend.conv.Deferred): an inference batch norm and a ReLU / ReLU6
 applied by the native depthwise conv or max pool as they read their input. The same
 numbers and gradients as the unfused layers, only where the native kernels run (float32,
 the CPU, not under ``use_impl("xla")``), and nothing changes in training mode."""
@@ -14,7 +14,8 @@ from test_mobile import assert_same_function
 from test_native import lowered, needs_cxx
 
 import zoo
-from zoo import conv, layers
+from zoo.backend import conv
+from zoo import layers
 
 INF = float("inf")
 

@@ -18,7 +18,8 @@ from flax import linen as nn
 from test_parity import assert_logits_match
 
 import zoo
-from zoo import conv, layers, mobilenet, xception
+from zoo.backend import conv
+from zoo import layers, mobilenet, xception
 from zoo.weights import convert
 
 V1_ALPHAS = (0.25, 0.5, 0.75, 1.0)

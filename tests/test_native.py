@@ -1,4 +1,4 @@
-"""The native CPU kernels (zoo.native): built with the system compiler on first use, equal
+"""The native CPU kernels (zoo.backend.native): built with the system compiler on first use, equal
 to XLA's formulations (values and gradients), used on the CPU only, and a clear error or
 a fallback when they cannot be built."""
 
@@ -17,7 +17,7 @@ import pytest
 from test_mobile import assert_same_function
 
 import zoo
-from zoo import conv, native
+from zoo.backend import conv, native
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CXX = shutil.which(native.compiler()) is not None
@@ -57,7 +57,7 @@ def _fresh_process(mode: str, tmp_path) -> subprocess.CompletedProcess:
     """``native.available()`` in a new process whose compiler fails (empty cache)."""
     env = dict(os.environ, ZOO_NATIVE=mode, CXX="false", TRANSFER_ZOO_CACHE=str(tmp_path),
                PYTHONPATH=str(ROOT))
-    code = "from zoo import native; print('available', native.available())"
+    code = "from zoo.backend import native; print('available', native.available())"
     return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 

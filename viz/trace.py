@@ -24,7 +24,7 @@ from flax import traverse_util
 from jax.extend import core as jcore
 
 from viz.graph import Edge, Graph, Module, Node, Path
-from zoo import conv
+from zoo.backend import conv
 
 # Primitives that only change dtype or copy: the tensor flows through them unchanged.
 TRANSPARENT = {"convert_element_type", "copy", "copy_p", "reduce_precision",

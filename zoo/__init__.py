@@ -15,7 +15,7 @@ from zoo import (  # noqa: F401
     xception,
     yolo,
 )
-from zoo.conv import compiler_options
+from zoo.backend.conv import compiler_options
 from zoo.registry import ModelSpec, create, list_models, register, spec
 
 __all__ = ["ModelSpec", "compiler_options", "create", "list_models", "register", "spec"]

@@ -1,7 +1,7 @@
 """Small building blocks shared by two or more model families.
 
 Every convolution in the zoo goes through :class:`Conv`, :class:`DepthwiseConv` or
-:class:`SeparableConv` (defined in :mod:`zoo.conv`, re-exported here), so the
+:class:`SeparableConv` (defined in :mod:`zoo.backend.conv`, re-exported here), so the
 formulation (XLA's native convolution, a matrix product, shifted multiply-adds) is
 chosen in one place, per backend. The parameter layout never depends on the
 formulation, so a checkpoint moves freely between CPU, GPU and TPU.
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from zoo.conv import (  # noqa: F401  (re-exported: every family uses layers.Conv)
+from zoo.backend.conv import (  # noqa: F401  (re-exported: every family uses layers.Conv)
     CONV_IMPLS,
     Conv,
     Deferred,
@@ -37,8 +37,8 @@ from zoo.conv import (  # noqa: F401  (re-exported: every family uses layers.Con
     relu,
     value,
 )
-from zoo.conv import max_pool as _max_pool
-from zoo.conv import normalize_padding as _padding
+from zoo.backend.conv import max_pool as _max_pool
+from zoo.backend.conv import normalize_padding as _padding
 
 
 def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -95,8 +95,8 @@ class BatchNorm(nn.BatchNorm):
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None,
                  defer: bool = False):
-        """``defer=True``: in inference mode, where :func:`zoo.conv.defers` says so, return a
-        :class:`zoo.conv.Deferred` (the same numbers, computed by the layer that reads it:
+        """``defer=True``: in inference mode, where :func:`zoo.backend.conv.defers` says so, return a
+        :class:`zoo.backend.conv.Deferred` (the same numbers, computed by the layer that reads it:
         a depthwise conv or a max pool; pass it to nothing else)."""
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average)
@@ -157,7 +157,7 @@ def pad(x: jax.Array, p: int | tuple[tuple[int, int], tuple[int, int]]) -> jax.A
 def max_pool(x, window: int, stride: int, padding: Padding = "VALID", ceil_mode: bool = False):
     """Max pooling. ``ceil_mode`` follows PyTorch (a last, partial window is kept).
 
-    The backend's formulation (:func:`zoo.conv.max_pool`): on CPU its gradient is computed
+    The backend's formulation (:func:`zoo.backend.conv.max_pool`): on CPU its gradient is computed
     from shifted views, not by XLA's select-and-scatter."""
     pads = _padding(padding)
     if ceil_mode:

@@ -32,6 +32,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+from zoo.cache import cache_dir
+
 KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 TORCH = "https://download.pytorch.org/models/"
 
@@ -102,14 +104,6 @@ class WeightFile:
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
-
-
-def cache_dir() -> Path:
-    """``$TRANSFER_ZOO_CACHE``, else ``$XDG_CACHE_HOME/transfer-zoo``, else ``~/.cache/...``."""
-    if os.environ.get("TRANSFER_ZOO_CACHE"):
-        return Path(os.environ["TRANSFER_ZOO_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "transfer-zoo"
 
 
 def reference_file(name: str, source: str, *, include_top: bool = True, alpha: float = 1.0,

@@ -14,7 +14,7 @@ is written:
 - :func:`conv` and :func:`conv_kernel_grad`: a dense convolution (column stride 1 or 2, no
   dilation) and its kernel gradient, with blocks of output columns x output channels
   (input x output channels for the gradient) in registers; for layers with few kernel
-  values per output (``zoo.conv.NATIVE_CONV_MAX_DEPTH``: the stems, 3x3 convs on up to
+  values per output (``zoo.backend.conv.NATIVE_CONV_MAX_DEPTH``: the stems, 3x3 convs on up to
   128 channels) 1.2-3.3x faster than XLA:CPU's convolution forward and 3-7x for the
   kernel gradient (BENCHMARKS.md, "Session 8");
 - :func:`max_pool` and :func:`max_pool_grad`: max pooling and its gradient (to each
@@ -22,22 +22,22 @@ is written:
   each, where XLA:CPU makes two 1-D passes that write padded views;
 - the depthwise forward and the max pool also of an activated input (``act``:
   :class:`Act`, an inference batch norm and a ReLU / ReLU6 applied to each input row as
-  it is read, so the activated tensor is never written: ``zoo.conv.Deferred``).
+  it is read, so the activated tensor is never written: ``zoo.backend.conv.Deferred``).
 
-``zoo.conv`` calls them on the CPU only (``lax.platform_dependent``: the same traced
+``zoo.backend.conv`` calls them on the CPU only (``lax.platform_dependent``: the same traced
 function runs XLA's formulation on GPU and TPU).
 
 Building: the first use compiles ``kernels.cc`` with the system C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``; ``-O3 -march=native``, about 3 s) against the FFI
 headers of the installed jaxlib, into the cache (``$TRANSFER_ZOO_CACHE/native``, see
-:func:`zoo.weights.download.cache_dir`), under a name that changes with the source, the
+:func:`zoo.cache.cache_dir`), under a name that changes with the source, the
 jaxlib, the compiler and the CPU; later processes load that file. It appears by an
 atomic rename, so parallel processes (pytest-xdist) never load a half-written one.
 
 ``$ZOO_NATIVE`` chooses: ``auto`` (the default) uses the kernels if they build, else warns
 once and keeps XLA's formulations; ``off`` never builds or uses them; ``on`` raises
 :class:`NativeBuildError` if they cannot be built (for CI and benchmarks that must measure
-them). ``with zoo.native.use_mode("off"):`` sets it for the code in the block. The choice
+them). ``with zoo.backend.native.use_mode("off"):`` sets it for the code in the block. The choice
 is read when a function is traced: a function jitted before keeps its compiled choice.
 The numbers are the same either way up to float32 summation order.
 """
@@ -59,8 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.settings import Setting
-from zoo.weights.download import cache_dir
+from zoo.backend.settings import Setting
+from zoo.cache import cache_dir
 
 SOURCE = Path(__file__).with_name("kernels.cc")
 NATIVE_MODES = ("auto", "off", "on")
@@ -179,7 +179,7 @@ def available() -> bool:
 
 @functools.cache
 def _warn_once(error: str) -> None:
-    warnings.warn(f"zoo.native: using XLA's formulations (slower on CPU): {error}",
+    warnings.warn(f"zoo.backend.native: using XLA's formulations (slower on CPU): {error}",
                   RuntimeWarning, stacklevel=3)
 
 
@@ -244,7 +244,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
     ``(N, OH, OW, CO)``; float32, CPU only (call :func:`available` first)."""
     (sh, sw) = strides
     if sw not in (1, 2):
-        raise ValueError(f"zoo.native.conv takes a column stride of 1 or 2, got {sw}")
+        raise ValueError(f"zoo.backend.native.conv takes a column stride of 1 or 2, got {sw}")
     oh, ow = _out_size(x.shape[1:3], pads, kernel.shape[:2], (1, 1), strides)
     return _call("zoo_conv", (x.shape[0], oh, ow, kernel.shape[3]), x, kernel, sh=sh, sw=sw,
                  pt=pads[0][0], pl=pads[1][0])
@@ -256,7 +256,7 @@ def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, pads) ->
     CPU only (call :func:`available` first)."""
     (sh, sw) = strides
     if sw not in (1, 2):
-        raise ValueError(f"zoo.native.conv_kernel_grad takes a column stride of 1 or 2, got {sw}")
+        raise ValueError(f"zoo.backend.native.conv_kernel_grad takes a column stride of 1 or 2, got {sw}")
     return _call("zoo_conv_kernel_grad", (*kernel_size, x.shape[3], dy.shape[3]), x, dy,
                  sh=sh, sw=sw, pt=pads[0][0], pl=pads[1][0])
 

@@ -25,7 +25,7 @@ the same numbers:
   fewer multiplies, within ~1e-6 of the direct sum). With the native CPU kernels
   (float32) a convolution over at most :data:`NATIVE_CONV_MAX_DEPTH` kernel values per
   output (column stride 1 or 2, no dilation) runs forward, kernel gradient and (stride 1)
-  input gradient natively (:func:`zoo.native.conv`; the tap paths keep their gradients,
+  input gradient natively (:func:`zoo.backend.native.conv`; the tap paths keep their gradients,
   deeper layers than :data:`NATIVE_CONV_SHALLOW_DEPTH` only if wide enough, and not where
   Winograd applies).
   :func:`mixed_path` names the choice.
@@ -33,14 +33,14 @@ the same numbers:
   shifted multiply-adds (at stride 1 the input gradient too: over the padded output
   gradient, with the flipped kernel). XLA:CPU runs grouped convolutions at under 1 GFLOP/s.
   On the CPU, for multiplier 1 in float32, the forward pass, the kernel gradient and the
-  stride-1 input gradient are native kernels (:mod:`zoo.native`, one pass each, no padded
+  stride-1 input gradient are native kernels (:mod:`zoo.backend.native`, one pass each, no padded
   copies; a branch of ``lax.platform_dependent``, so GPU/TPU lowerings keep the above).
 - ``maxpool``: ``matmul`` computes the forward pass and the gradient from shifted views,
   a row pass then a column pass (in the gradient the first maximum of each window in
   row-major order gets it, as XLA's select-and-scatter); XLA:CPU's ``reduce_window`` is
   up to 3x slower, and its max-pool gradient (a reduce-window over indices, then a
   scatter) cost a ResNet50 training step 12%. On the CPU (float32) both are native kernels
-  (:mod:`zoo.native`), one pass each.
+  (:mod:`zoo.backend.native`), one pass each.
 
 The formulation is chosen per backend (``jax.default_backend()``) from the table
 :data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
@@ -72,8 +72,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
-from zoo import native
-from zoo.settings import Setting
+from zoo.backend import native
+from zoo.backend.settings import Setting
 
 Padding = str | int | Sequence[tuple[int, int]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -470,7 +470,7 @@ _im2col_conv = _with_kernel_grad(
 
 # On the CPU (float32, the native kernels available) a convolution with a column stride of
 # 1 or 2, no dilation and at most NATIVE_CONV_SHALLOW_DEPTH kernel values per output
-# (kh * kw * in) runs natively (:func:`zoo.native.conv`: output columns x output channels
+# (kh * kw * in) runs natively (:func:`zoo.backend.native.conv`: output columns x output channels
 # in registers, no padded copy; its kernel gradient too, and its input gradient at stride 1
 # where the flipped kernel over dy qualifies as well). Up to NATIVE_CONV_MAX_DEPTH values
 # only where Winograd does not apply and for outputs at least NATIVE_CONV_MIN_WIDTH and
@@ -564,7 +564,7 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
     dtype, 2^-8 relative in bfloat16); ``im2col``: one product over gathered patches (a
     strided one over ``kh * kw * in <= IM2COL_MAX_DEPTH`` values); ``xla``: XLA's
     convolution (:func:`padded_xla_conv`). ``native_kernels`` (default: whether
-    :mod:`zoo.native` is in use) says whether the native paths may be taken.
+    :mod:`zoo.backend.native` is in use) says whether the native paths may be taken.
     """
     kh, kw, cin, cout = kernel
     size = tuple(shape[1:3])
@@ -619,7 +619,7 @@ def tap_conv(x: jax.Array, kernel: jax.Array, pads: Pads, forward: str = "tap") 
     output taps.
 
     Forward (``forward``): ``tap``, one matrix product to ``kh * kw * out`` channels, then
-    kh*kw shifted adds; ``xla``, XLA's convolution; ``native``, :func:`zoo.native.conv` on
+    kh*kw shifted adds; ``xla``, XLA's convolution; ``native``, :func:`zoo.backend.native.conv` on
     the CPU (XLA's elsewhere). Gradients: the kh*kw shifted views of ``dy`` are gathered
     into ``g (N, H, W, kh * kw * out)`` (an im2col of the output gradient, small when
     ``out`` is), then ``dx = g W'`` and ``dkernel = x^T g``, two matrix products.
@@ -709,7 +709,7 @@ def shift_max_pool(x, window, strides, pads) -> jax.Array:
     """Max pooling from shifted views of the input, forward and gradient: a row pass then a
     column pass (XLA:CPU's ``reduce_window`` is 1.2-3.3x slower, batch 32, 3x3/2: 147 px
     128 channels 196 -> 59 ms, 112 px 64 channels 32 -> 17). On the CPU (float32) the
-    native kernels instead (:func:`zoo.native.max_pool`, one pass each way)."""
+    native kernels instead (:func:`zoo.backend.native.max_pool`, one pass each way)."""
     return _max_pool_forward(x, window, strides, pads)
 
 
@@ -799,7 +799,7 @@ def max_pool(x: jax.Array | Deferred, window: int | Sequence[int],
 
 def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
     """A depthwise conv: on the CPU (multiplier 1, float32) the native kernel
-    (:func:`zoo.native.depthwise_conv`, no padded copy of ``x``), else kh*kw shifted
+    (:func:`zoo.backend.native.depthwise_conv`, no padded copy of ``x``), else kh*kw shifted
     multiply-adds (:func:`_shift_views_forward`)."""
     kh, kw, c, m = kernel.shape
     if not _native_depthwise(x, kernel):
@@ -836,7 +836,7 @@ def _shift_views_forward(x, kernel, strides, padding, dilation) -> jax.Array:
 def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     """d(loss)/d(kernel): per tap, the sum over batch and space of window * dy.
 
-    On the CPU (multiplier 1, float32) the native kernel :func:`zoo.native.depthwise_kernel_grad`:
+    On the CPU (multiplier 1, float32) the native kernel :func:`zoo.backend.native.depthwise_kernel_grad`:
     one pass for all taps, 4-10x faster than XLA's reductions. Otherwise, and on other
     backends, one image at a time (``lax.map``), all kh*kw taps of it in one pass: an
     image's windows stay in cache, where all images at once would make XLA:CPU materialise

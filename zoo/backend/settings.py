@@ -1,6 +1,6 @@
 """Choices read when a function is traced: an environment variable, overridden for the code
 in a ``with`` block by a context manager (a contextvar, so threads and async tasks each see
-their own). ``zoo.conv.use_impl`` (``$ZOO_CONV_IMPL``) and ``zoo.native.use_mode``
+their own). ``zoo.backend.conv.use_impl`` (``$ZOO_CONV_IMPL``) and ``zoo.backend.native.use_mode``
 (``$ZOO_NATIVE``) are two."""
 
 from __future__ import annotations

@@ -25,7 +25,7 @@
 // vector extensions) so that the register blocks stay in registers whatever the compiler's
 // tuning for the CPU (GCC's for recent Xeons prefers 256-bit vectors and spilled them).
 //
-// The results are those of zoo.conv's XLA formulations (_shift_views_forward,
+// The results are those of zoo.backend.conv's XLA formulations (_shift_views_forward,
 // _shift_kernel_grad, _separable_max_pool and its gradient, padded_xla_conv and its
 // gradients) up to float32 summation order.
 // Built by zoo/native/__init__.py with the system C++ compiler against the FFI headers of
