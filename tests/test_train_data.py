@@ -175,3 +175,31 @@ def test_loader_orders_pads_and_slices_per_process():
     np.testing.assert_array_equal(got, next(iter(full.epoch(0)))["label"])
     with pytest.raises(ValueError, match="fewer than batch_size"):
         Loader(src, idx[:4], batch_size=8, image_size=12, train=True)
+
+
+def test_every_training_loader_serves_the_one_epoch_order():
+    """Classification images, cached features and detection images: one order per (seed,
+    epoch), the one of ``pipeline.epoch_order``, so a resumed run of any task sees the same
+    batches; evaluation loaders keep the split's order."""
+    from train import pipeline
+    from train.detection.pipeline import DetectionLoader
+    from train.features import FeatureLoader
+
+    src, idx = D.synthetic_source(20), np.arange(3, 20)
+    for seed, epoch in ((0, 0), (5, 1), (5, 2)):
+        want = pipeline.epoch_order(idx, seed, epoch)
+        loaders = (Loader(src, idx, batch_size=4, image_size=8, train=True, seed=seed),
+                   FeatureLoader(np.zeros((len(idx), 2)), src.labels, idx, 4, train=True,
+                                 seed=seed),
+                   DetectionLoader(None, idx, batch_size=4, image_hw=(8, 8), train=True,
+                                   seed=seed))
+        for loader in loaders:
+            np.testing.assert_array_equal(loader.order(epoch), want, err_msg=type(loader))
+    assert sorted(want) == list(idx) and not np.array_equal(want, pipeline.epoch_order(idx, 5, 1))
+    for loader in (Loader(src, idx, batch_size=4, image_size=8),
+                   FeatureLoader(np.zeros((len(idx), 2)), src.labels, idx, 4),
+                   DetectionLoader(None, idx, batch_size=4, image_hw=(8, 8))):
+        np.testing.assert_array_equal(loader.order(3), idx)
+    # The order of runs and checkpoints made so far: changing it breaks their exact resume.
+    assert pipeline.epoch_order(np.arange(10), 0, 0).tolist() == [7, 1, 6, 4, 5, 8, 0, 3, 9, 2]
+    assert pipeline.epoch_order(np.arange(10), 3, 1).tolist() == [8, 9, 6, 3, 4, 1, 0, 7, 2, 5]

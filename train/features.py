@@ -36,7 +36,7 @@ from train import model as M
 from train import step as T
 from train.data import Source
 from train.freeze import flat_paths
-from train.pipeline import Augment, Loader
+from train.pipeline import Augment, Loader, epoch_order
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,7 @@ class FeatureLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """Example indices of an epoch, in the order :class:`Loader` serves them."""
-        if not self.train:
-            return self.indices
-        return np.random.default_rng([self.seed, 5, epoch]).permutation(self.indices)
+        return epoch_order(self.indices, self.seed, epoch) if self.train else self.indices
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches ``{'features', 'label', 'mask'}`` of ``epoch`` from batch ``start`` on."""

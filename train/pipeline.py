@@ -19,6 +19,20 @@ from PIL import Image
 
 from train.data import Source
 
+# Salts of the seed sequences: the epoch order and each example's random augmentation are
+# functions of (seed, salt, epoch[, index]) alone, so a resumed run sees the same batches.
+ORDER_SALT, AUGMENT_SALT = 5, 6
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The order in which every training loader serves ``indices`` in ``epoch``."""
+    return np.random.default_rng([seed, ORDER_SALT, epoch]).permutation(indices)
+
+
+def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random generator of one example's augmentation in ``epoch``."""
+    return np.random.default_rng([seed, AUGMENT_SALT, epoch, index])
+
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
@@ -128,9 +142,7 @@ class Loader:
 
     def order(self, epoch: int) -> np.ndarray:
         """Example indices of an epoch, in the order they are served."""
-        if not self.train:
-            return self.indices
-        return np.random.default_rng([self.seed, 5, epoch]).permutation(self.indices)
+        return epoch_order(self.indices, self.seed, epoch) if self.train else self.indices
 
     def example(self, index: int, epoch: int) -> np.ndarray:
         """Example ``index`` resized (cached) and, when training, augmented for ``epoch``."""
@@ -140,7 +152,7 @@ class Loader:
             if self._cache is not None:
                 self._cache[index] = img
         if self.augment is not None:
-            img = augment(img, self.augment, np.random.default_rng([self.seed, 6, epoch, index]))
+            img = augment(img, self.augment, example_rng(self.seed, epoch, index))
         return img
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:

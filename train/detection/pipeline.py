@@ -16,7 +16,7 @@ import numpy as np
 
 from train.detection.augment import DetectionAugment, pad_boxes, prepare, resize
 from train.detection.data import DetectionSource
-from train.pipeline import prefetched
+from train.pipeline import epoch_order, example_rng, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,7 @@ class DetectionLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """Example indices of an epoch, in the order they are served."""
-        if not self.train:
-            return self.indices
-        return np.random.default_rng([self.seed, 5, epoch]).permutation(self.indices)
+        return epoch_order(self.indices, self.seed, epoch) if self.train else self.indices
 
     def original(self, index: int) -> dict:
         """The source example, shrunk once (and cached) to the largest size training uses."""
@@ -68,7 +66,7 @@ class DetectionLoader:
 
     def example(self, index: int, epoch: int) -> dict:
         """Example ``index`` letterboxed to ``image_hw`` (augmented when training)."""
-        rng = np.random.default_rng([self.seed, 6, epoch, index])
+        rng = example_rng(self.seed, epoch, index)
         ex, dropped = prepare(self.original(index), self.image_hw, self.augment, rng)
         ex, cut = pad_boxes(ex, self.max_boxes)
         if dropped or cut:
