@@ -11,7 +11,7 @@ import json
 
 from absl import app, flags
 
-from train import evaluate
+from train import task
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir.")
@@ -24,18 +24,10 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     del argv
-    from train.detection import evaluate as detection
-
-    if detection.is_detection_run(FLAGS.workdir):  # VOC mAP@0.5 and COCO AP, per class
-        report = detection.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
-                                    which=FLAGS.checkpoint)
-        print(json.dumps(report, indent=2))
-        print(detection.loop.summary(report))
-        return
-    report = evaluate.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
-                               positive_class=FLAGS.positive_class, which=FLAGS.checkpoint)
+    report = task.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
+                           positive_class=FLAGS.positive_class, which=FLAGS.checkpoint)
     print(json.dumps(report, indent=2))
-    print(evaluate.summary(report))
+    print(task.summary(report))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Train a zoo model on an image classification or detection task (resumes when the workdir
-has a run). Detectors (``yolov3``, ``yolov3_tiny``, ``yolo_<backbone>``, ``yolov1``) train
-through ``train/detection/loop.py``: see ``train/configs/bccd_yolo.py``, ``shapes_yolo.py``.
+"""Train a zoo model on its task, image classification or detection (resumes when the
+workdir has a run). The model's task picks the data, loss and metrics; one loop
+(``train/loop.py``) trains them all. Detection recipes: ``train/configs/bccd_yolo.py``,
+``shapes_yolo.py``.
 
   python -m scripts.train --config train/configs/synthetic.py --workdir /tmp/zoo_demo \
       [--config.model.name=squeezenet1_1 --config.epochs=5 ...]
@@ -9,7 +10,6 @@ through ``train/detection/loop.py``: see ``train/configs/bccd_yolo.py``, ``shape
 from absl import app, flags
 from ml_collections import config_flags
 
-import zoo
 from train import loop
 
 FLAGS = flags.FLAGS
@@ -21,12 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    if zoo.spec(FLAGS.config.model.name).task == "detection":
-        from train.detection import loop as detection
-
-        detection.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

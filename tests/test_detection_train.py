@@ -11,10 +11,10 @@ import os
 import pytest
 from PIL import Image
 
+from train import loop
 from train.configs import shapes_yolo
 from train.detection import build as B
 from train.detection import evaluate as DE
-from train.detection import loop
 from train.detection.data import shapes_example
 
 
@@ -93,7 +93,8 @@ def test_detect_draws_pngs_in_original_coordinates(trained, tmp_path):
 def test_scripts_dispatch_detection(trained, tmp_path, capsys):
     from absl import flags
 
-    from scripts import detect, evaluate
+    from scripts import evaluate
+    from tests.cli import run_script
 
     workdir, report = trained
     path = tmp_path / "a.png"
@@ -103,9 +104,36 @@ def test_scripts_dispatch_detection(trained, tmp_path, capsys):
     assert "VOC mAP@0.5" in capsys.readouterr().out
     assert os.path.exists(os.path.join(workdir, "eval_test.json"))
     flags.FLAGS.unparse_flags()
-    detect.main(["--workdir", workdir, str(path), "--out", str(tmp_path / "png"), "--score", "0"])
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["path"] == str(path)
+    out = run_script("detect", "--workdir", workdir, path, "--out", tmp_path / "png",
+                     "--score", "0").stdout
+    assert json.loads(out.splitlines()[-1])["path"] == str(path)
     assert (tmp_path / "png" / "a.png").exists()
+
+
+@pytest.mark.slow
+def test_two_stages_train_a_detector_through_the_one_loop(tmp_path):
+    """config.stages for a detector: stage 2 starts from stage 1's weights and anchors; the
+    top workdir merges the history and evaluates as the last stage."""
+    workdir = str(tmp_path)
+    stages = "scratch epochs=1; full epochs=1 learning_rate=1e-4 augment=off"
+    report = loop.train_and_evaluate(tiny_config(stages=stages), workdir)
+    log = open(os.path.join(workdir, "train.log")).read()
+    assert "===== stage 1" in log and "===== stage 2" in log
+    assert f"policy full, init {os.path.join(workdir, 'stage1')!r}" in log
+    rows = [json.loads(r) for r in open(os.path.join(workdir, "history.jsonl"))]
+    assert [(r["stage"], r["epoch"]) for r in rows if r["split"] == "validation"] == [(1, 1),
+                                                                                      (2, 2)]
+    done = json.load(open(os.path.join(workdir, "stages.json")))
+    assert [d["policy"] for d in done] == ["scratch", "full"]
+    assert done[1]["test"]["voc_map50"] == report["voc_map50"]
+    anchors = [json.load(open(os.path.join(workdir, d, "anchors.json")))
+               for d in ("stage1", "stage2", ".")]
+    assert anchors[0] == anchors[1] == anchors[2]
+    stage2 = json.load(open(os.path.join(workdir, "stage2", "config.json")))
+    assert stage2["detection"]["scale"] == 0.0 and not stage2["detection"]["translate"]
+    assert os.path.getsize(os.path.join(workdir, "curves.png")) > 0
+    again = DE.evaluate(workdir)  # classes.json, anchors.json and checkpoints at the top
+    assert again["voc_map50"] == pytest.approx(report["voc_map50"])
 
 
 def test_anchors_and_models_from_config(tmp_path):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tests.tiny_model import registered, tiny_config
-from train import loop
+from train import classification
+from train import freeze as F
 from train import step as T
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = """
 import jax, numpy as np, zoo
 from tests.tiny_model import register, tiny_config
-from train import loop, step as T, freeze as F
+from train import classification, step as T, freeze as F
 register()
 assert jax.device_count() == 4, jax.devices()
 config = tiny_config(**{"head.kind": "mlp", "head.hidden": 8, "head.dropout": 0.3})
@@ -30,12 +31,13 @@ batches = [{"image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
             "mask": np.ones(8, np.float32)} for _ in range(4)]
 out = {}
 for n in (1, 4):
-    b = loop.build(config, 2, total_steps=10)
+    model, variables = classification.build(config, 2)
+    trainable, _, tx = F.optimizer_for(config, spec, variables["params"], 10)
     mesh = T.make_mesh(n)
     train_fn, eval_fn = T.jit_steps(
-        T.make_train_step(b["model"], b["tx"], b["trainable"], spec.normalize),
-        T.make_eval_step(b["model"], spec.normalize), mesh)
-    state = T.replicate(T.create_state(b["variables"], b["tx"], 0), mesh)
+        T.make_train_step(model, tx, trainable, spec.normalize),
+        T.make_eval_step(model, spec.normalize), mesh)
+    state = T.replicate(T.create_state(variables, tx, 0), mesh)
     for batch in batches:
         state, m = train_fn(state, T.shard_batch(batch, mesh))
     assert len(state.params["head"]["dense1"]["kernel"].sharding.device_set) == n
@@ -74,14 +76,15 @@ def tiny():
 
 def test_bfloat16_computes_in_bf16_with_float32_state(tiny):
     config = tiny_config(dtype="bfloat16")
-    b = loop.build(config, 2, total_steps=4)
+    spec = __import__("zoo").spec(config.model.name)
+    model, variables = classification.build(config, 2)
+    trainable, _, tx = F.optimizer_for(config, spec, variables["params"], 4)
     x = jnp.zeros((2, 16, 16, 3))
-    assert jax.jit(b["model"].apply)(b["variables"], x).dtype == jnp.bfloat16
+    assert jax.jit(model.apply)(variables, x).dtype == jnp.bfloat16
     mesh = T.make_mesh(1)
-    spec_norm = __import__("zoo").spec(config.model.name).normalize
-    train_fn, _ = T.jit_steps(T.make_train_step(b["model"], b["tx"], b["trainable"], spec_norm),
-                              T.make_eval_step(b["model"], spec_norm), mesh)
-    state = T.replicate(T.create_state(b["variables"], b["tx"], 0), mesh)
+    train_fn, _ = T.jit_steps(T.make_train_step(model, tx, trainable, spec.normalize),
+                              T.make_eval_step(model, spec.normalize), mesh)
+    state = T.replicate(T.create_state(variables, tx, 0), mesh)
     batch = {"image": np.full((8, 16, 16, 3), 100, np.uint8), "label": np.arange(8) % 2,
              "mask": np.ones(8, np.float32)}
     state, m = train_fn(state, T.shard_batch(batch, mesh))

@@ -7,8 +7,8 @@ import pytest
 
 import zoo
 from tests.tiny_model import registered, tiny_config
+from train import classification, loop
 from train import freeze as F
-from train import loop
 from train import step as T
 
 
@@ -18,9 +18,17 @@ def tiny():
         yield name
 
 
+def build(config, num_classes, total_steps):
+    """The classification network, its variables, trainable predicate and optimizer."""
+    spec = zoo.spec(config.model.name)
+    model, variables = classification.build(config, num_classes)
+    trainable, _, tx = F.optimizer_for(config, spec, variables["params"], total_steps)
+    return {"model": model, "variables": variables, "trainable": trainable, "tx": tx}
+
+
 def run_steps(config, n=3):
     """``n`` training steps on random batches; (labels, start state, end state)."""
-    b = loop.build(config, 2, total_steps=10)
+    b = build(config, 2, total_steps=10)
     spec = zoo.spec(config.model.name)
     mesh = T.make_mesh(1)
     train_fn, _ = T.jit_steps(T.make_train_step(b["model"], b["tx"], b["trainable"],
@@ -76,7 +84,7 @@ def test_frozen_leaves_have_no_optimizer_moments(tiny):
 def test_frozen_batch_norm_runs_in_inference_mode(tiny):
     """Under the interceptor a train-mode call uses running averages for frozen layers."""
     config = tiny_config(policy="frozen")
-    b = loop.build(config, 2, total_steps=1)
+    b = build(config, 2, total_steps=1)
     model, v = b["model"], b["variables"]
     v = {"params": v["params"], "batch_stats": jax.tree.map(lambda s: s + 0.5, v["batch_stats"])}
     x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
@@ -98,7 +106,7 @@ def test_frozen_batch_norm_runs_in_inference_mode(tiny):
 
 def test_mlp_head_lives_under_head_and_backbone_keeps_zoo_paths(tiny):
     config = tiny_config(policy="frozen", **{"head.kind": "mlp", "head.hidden": 12})
-    b = loop.build(config, 3, total_steps=1)
+    b = build(config, 3, total_steps=1)
     paths = F.flat_paths(b["variables"]["params"])
     assert {p for p in paths if p.startswith("head/")} == {
         "head/dense1/kernel", "head/dense1/bias", "head/dense2/kernel", "head/dense2/bias"}
@@ -109,14 +117,14 @@ def test_mlp_head_lives_under_head_and_backbone_keeps_zoo_paths(tiny):
         p for p in paths if p.startswith("head/")}
 
 
-def test_policy_errors_name_the_problem(tiny):
+def test_policy_errors_name_the_problem(tiny, tmp_path):
     spec = zoo.spec(tiny)
     with pytest.raises(ValueError, match="unknown policy"):
         F.trainable_fn(spec, "freeze")
     with pytest.raises(ValueError, match="groups below the head"):
         F.trainable_fn(spec, "finetune", 7)
     with pytest.raises(ValueError, match="scratch"):
-        loop.build(tiny_config(policy="scratch", init="/somewhere"), 2, 1)
+        loop.train_and_evaluate(tiny_config(policy="scratch", init="/somewhere"), str(tmp_path))
 
 
 def test_freeze_bn_stats_keeps_statistics_while_scale_and_bias_train(tiny):

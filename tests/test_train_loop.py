@@ -12,10 +12,10 @@ from PIL import Image
 
 from tests.tiny_model import registered, tiny_config
 from train import checkpoint as C
+from train import classification, loop
 from train import data as D
 from train import evaluate as E
 from train import freeze as F
-from train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,11 +90,11 @@ def test_init_from_a_workdir_keeps_backbone_and_refreshes_head(trained, tiny, tm
     workdir, config, _ = trained
     src = C.restore_variables(workdir)
     c = tiny_config(policy="frozen", init=workdir)
-    b = loop.build(c, 3, total_steps=1)
-    got, want = F.flat_paths(b["variables"]["params"]), F.flat_paths(src["params"])
+    _, variables = classification.build(c, 3)
+    got, want = F.flat_paths(variables["params"]), F.flat_paths(src["params"])
     np.testing.assert_array_equal(got["stem/conv/kernel"], want["stem/conv/kernel"])
     assert got["head/kernel"].shape == (16, 3)  # a fresh head for 3 classes
-    np.testing.assert_array_equal(F.flat_paths(b["variables"]["batch_stats"])["stage2/bn/mean"],
+    np.testing.assert_array_equal(F.flat_paths(variables["batch_stats"])["stage2/bn/mean"],
                                   F.flat_paths(src["batch_stats"])["stage2/bn/mean"])
     with pytest.raises(ValueError, match="does not fit"):  # strict: no silent partial load
         C.load_init(workdir, tiny, {"params": {"extra": {"kernel": np.zeros((2, 2))}},
@@ -115,7 +115,7 @@ def test_reference_weights_from_a_real_file_keep_the_backbone(tmp_path):
     for kind in ("reference", "mlp"):
         config = tiny_config(policy="frozen", init=str(path),
                              **{"head.kind": kind, "model.name": name, "data.image_size": 32})
-        got = F.flat_paths(loop.build(config, 2, total_steps=1)["variables"]["params"])
+        got = F.flat_paths(classification.build(config, 2)[1]["params"])
         assert {p for p in got if not p.startswith("head/")} == backbone
         for p in backbone:
             np.testing.assert_array_equal(got[p], want[p])

@@ -54,3 +54,15 @@ def test_stage_parsing_and_errors():
         stages.parse("frozen 3")
     with pytest.raises(ValueError, match="only the first"):
         stages.stage_configs(tiny_config(stages="frozen; scratch"), "/w")
+
+
+def test_stages_and_loop_do_not_import_each_other():
+    """train.stages makes configs and merges outputs; only the loop runs stages."""
+    import subprocess
+    import sys
+
+    code = "import sys, train.stages; print('train.loop' in sys.modules)"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

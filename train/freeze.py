@@ -98,6 +98,15 @@ def make_optimizer(config, labels: Any, total_steps: int) -> optax.GradientTrans
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), tx) if config.grad_clip else tx
 
 
+def optimizer_for(config, spec: ModelSpec, params: Any, total_steps: int
+                  ) -> tuple[Callable[[str], bool], Any, optax.GradientTransformation]:
+    """``(trainable, labels, tx)`` of ``config.policy`` over ``params`` for a run of
+    ``total_steps``."""
+    trainable = trainable_fn(spec, config.policy, config.finetune_groups)
+    labels = param_labels(params, spec, trainable)
+    return trainable, labels, make_optimizer(config, labels, total_steps)
+
+
 def _optimizer(config, lr: Callable, scale: float) -> optax.GradientTransformation:
     sched = lambda step: lr(step) * scale
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)

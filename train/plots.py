@@ -25,13 +25,14 @@ def _pyplot():
         return None
 
 
-def plot_history(rows: list[dict], path: str, boundaries: Sequence[float] = ()) -> None:
-    """Loss and accuracy per epoch, train vs validation; dashed lines at stage ``boundaries``."""
+def plot_history(rows: list[dict], path: str, boundaries: Sequence[float] = (),
+                 keys: Sequence[str] = ("loss", "accuracy")) -> None:
+    """``keys`` per epoch, train vs validation; dashed lines at stage ``boundaries``."""
     plt = _pyplot()
     if plt is None or not rows:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
         for split in ("train", "validation"):
             pts = [(r["epoch"], r[key]) for r in rows
                    if r.get("split") == split and key in r and "epoch" in r]

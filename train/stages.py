@@ -3,17 +3,20 @@
 The Keras transfer-learning recipe: train the head on the frozen base until it has
 converged, then unfreeze the top of the backbone and continue at a lower learning rate.
 Each stage is ``POLICY key=value ...`` over the config's own keys (``augment=off`` turns
-every ``data.augment`` key off, which lets a frozen stage train on cached features).
-Stage ``i`` is an ordinary run in ``<workdir>/stage<i>``; from the second stage on it
-starts from the previous stage's best checkpoint, head included. The top workdir gets:
+every augmentation off: the ``data.augment`` keys and the detection ones, which lets a
+frozen classification stage train on cached features). Stage ``i`` is an ordinary run of
+any task in ``<workdir>/stage<i>``; from the second stage on it starts from the previous
+stage's best checkpoint, head included. ``train.loop`` runs the stages; this module makes
+their configs and merges their outputs. The top workdir gets:
 
 - ``history.jsonl``/``.csv`` and ``curves.png`` of all stages, epochs and steps numbered
   on from stage to stage, with a ``stage`` column (and a line between stages in the plot);
 - ``train.log``: the stages' logs one after the other;
-- ``stages.json``: each stage's settings, wall time and test report;
-- ``config.json`` (the last stage's, which is the model that is kept), ``splits.json``,
-  ``eval_test.json`` and ``checkpoints`` (a link to the last stage's), so that
-  ``scripts.evaluate`` and ``scripts.predict`` work on the top workdir as on any run.
+- ``stages.json``: each stage's settings, wall time and test numbers;
+- ``config.json`` (the last stage's, which is the model that is kept), the last stage's
+  ``splits.json``/``classes.json``/``anchors.json`` and ``eval_<split>.json``, and
+  ``checkpoints`` (a link to the last stage's), so that ``scripts.evaluate`` and
+  ``scripts.predict`` work on the top workdir as on any run.
 
 Re-running the command resumes: finished stages only re-evaluate.
 """
@@ -25,16 +28,20 @@ import json
 import logging
 import os
 import shutil
-import time
+from collections.abc import Sequence
 from typing import Any
 
-import jax
 import ml_collections
 
 from train import logs, plots
 from train.pipeline import Augment
 
 log = logging.getLogger(__name__)
+
+# What ``augment=off`` sets besides ``data.augment``: the detection loader's augmentation.
+NO_DETECTION_AUGMENT = {"scale": 0.0, "aspect": 0.0, "translate": False}
+# The files of the last stage that the top workdir gets, so it evaluates as that stage.
+RUN_FILES = ("splits.json", "classes.json", "anchors.json")
 
 
 def parse(stages: str) -> list[tuple[str, dict[str, str]]]:
@@ -88,6 +95,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str
                     raise ValueError("config.stages: augment=off is the only augment value")
                 for f in dataclasses.fields(Augment):
                     c.data.augment[f.name] = f.default  # every augmentation off
+                c.detection.update(NO_DETECTION_AUGMENT)
                 continue
             *parents, leaf = key.split(".")
             node = c
@@ -101,37 +109,14 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str
     return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train every stage in turn; merge their logs and plots; return the last test report."""
-    from train import loop
-
-    os.makedirs(workdir, exist_ok=True)
-    logs.setup_logging(workdir)
-    configs = stage_configs(config, workdir)
-    done, reports = [], []
-    for i, c in enumerate(configs, 1):
-        sub = os.path.join(workdir, f"stage{i}")
-        log.info("stage %d/%d: policy %s, %d epochs, learning rate %g -> %s", i, len(configs),
-                 c.policy, c.epochs, c.learning_rate, sub)
-        t0 = time.perf_counter()
-        report = loop.train_and_evaluate(c, sub)
-        reports.append(report)
-        done.append({"stage": i, "policy": c.policy, "epochs": c.epochs,
-                     "learning_rate": c.learning_rate, "workdir": sub,
-                     "seconds": round(time.perf_counter() - t0, 1),
-                     "test": {k: report.get(k) for k in ("accuracy", "sensitivity",
-                                                         "specificity", "roc_auc")}})
-    if jax.process_index() == 0:
-        merge(workdir, len(configs), configs[-1], config.stages, done)
-    logs.setup_logging(workdir)
-    for d in done:
-        log.info("stage %d (%s, %d epochs, %.0f s): test accuracy %.4f", d["stage"], d["policy"],
-                 d["epochs"], d["seconds"], d["test"]["accuracy"])
-    return reports[-1]
+def report_numbers(report: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a stage's test report (no lists, tables or names) for ``stages.json``."""
+    return {k: v for k, v in report.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def merge(workdir: str, n: int, last: ml_collections.ConfigDict, stages: str,
-          done: list[dict]) -> None:
+          done: list[dict], curves: Sequence[str] = ("loss", "accuracy")) -> None:
     """Write the top workdir's combined history, log, plot, config and links."""
     rows, step0, epoch0, bounds, text = [], 0, 0, [], []
     for i in range(1, n + 1):
@@ -147,12 +132,14 @@ def merge(workdir: str, n: int, last: ml_collections.ConfigDict, stages: str,
     with open(os.path.join(workdir, "history.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     logs.write_csv(rows, os.path.join(workdir, "history.csv"))
-    plots.plot_history(rows, os.path.join(workdir, "curves.png"), boundaries=bounds[:-1])
+    plots.plot_history(rows, os.path.join(workdir, "curves.png"), boundaries=bounds[:-1],
+                       keys=curves)
     with open(os.path.join(workdir, "train.log"), "w") as f:
         f.write("".join(text))
     final = os.path.join(workdir, f"stage{n}")
-    for name in ("splits.json", "eval_test.json", "eval_validation.json"):
-        if os.path.exists(os.path.join(final, name)):
+    names = [*RUN_FILES, *(f for f in sorted(os.listdir(final)) if f.startswith("eval_"))]
+    for name in names:
+        if os.path.isfile(os.path.join(final, name)):
             shutil.copyfile(os.path.join(final, name), os.path.join(workdir, name))
     cfg = json.loads(last.to_json_best_effort())
     cfg["stages"] = stages

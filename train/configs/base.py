@@ -83,8 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
     )
 
     # Detectors (zoo spec task 'detection': yolov3, yolov3_tiny, yolo_<backbone>, yolov1)
-    # train through train/detection/loop.py with these keys; data.source is then
-    # voc:<folder> | tfds:<name> (e.g. tfds:voc/2007) | shapes.
+    # train through the same loop (train/detection/task.py) with these keys; data.source is
+    # then voc:<folder> | tfds:<name> (e.g. tfds:voc/2007) | shapes.
     c.detection = ml_collections.ConfigDict(
         {
             "classes": (),  # class names in label order; () = every name in the data, sorted

@@ -49,7 +49,8 @@ def model_kwargs(config) -> dict[str, Any]:
 
 
 def resolve_anchors(config, source: DetectionSource | None, workdir: str | None) -> tuple | None:
-    """The run's anchors: configured, saved in the workdir, k-means, or the model's own."""
+    """The run's anchors: configured, saved in the workdir, those of the detection workdir
+    ``config.init`` (its head was trained for them), k-means, or the model's own."""
     det = config.detection
     probe = zoo.create(config.model.name, **model_kwargs(config))  # no parameters made
     if not hasattr(probe, "anchors"):
@@ -61,6 +62,12 @@ def resolve_anchors(config, source: DetectionSource | None, workdir: str | None)
     if path and os.path.exists(path):
         with open(path) as f:
             return fix(json.load(f))
+    inherited = os.path.join(config.init, "anchors.json") if config.init else ""
+    if os.path.isfile(inherited):  # initialised from a detection workdir: its anchors
+        with open(inherited) as f:
+            anchors = fix(json.load(f))
+        log.info("anchors of config.init %s: %s", config.init, anchors)
+        return _save_anchors(anchors, path)
     per_scale = tuple(len(a) for a in probe.anchors)
     widths = getattr(probe, "widths", None)
     if widths is not None and len(widths) != len(per_scale):
@@ -76,6 +83,10 @@ def resolve_anchors(config, source: DetectionSource | None, workdir: str | None)
                  *hw, fit, anchors)
     else:
         anchors = fix(probe.anchors)
+    return _save_anchors(anchors, path)
+
+
+def _save_anchors(anchors: tuple, path: str | None) -> tuple:
     if path and jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(anchors, f)

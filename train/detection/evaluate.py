@@ -17,7 +17,7 @@ import zoo
 from train import checkpoint as C
 from train import step as T
 from train.detection import build as B
-from train.detection import loop
+from train.detection import metrics
 from train.detection import predict as P
 from train.detection.augment import letterbox
 from train.evaluate import load_config
@@ -70,8 +70,24 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
               **report}
     name = split if not data or data == run["config"].data.source else \
         f"{os.path.basename(data.partition(':')[2].rstrip('/')) or data}_{split}"
-    loop.write_report(report, workdir, name)
+    write_report(report, workdir, name)
     return report
+
+
+def summary(report: dict) -> str:
+    """One line: VOC mAP@0.5 and COCO AP over the evaluated images."""
+    return (f"{report.get('data', '')}: VOC mAP@0.5 {report['voc_map50']:.4f}, COCO AP@[.5:.95] "
+            f"{report['coco_ap']:.4f} on {report['num_images']} images "
+            f"({report.get('checkpoint', '')})")
+
+
+def write_report(report: dict, workdir: str, name: str) -> str:
+    """``eval_<name>.json`` in the workdir; returns its path."""
+    path = os.path.join(workdir, f"eval_{name}.json")
+    if jax.process_index() == 0:
+        metrics.write_json(report, path)
+    report["json"] = path
+    return path
 
 
 def detect_files(workdir: str, paths: Sequence[str], out_dir: str | None = None, *,
