@@ -7,37 +7,37 @@ Prints the anchors per output scale (coarsest first), in input pixels after lett
 as a Python literal for ``config.model.anchors``, and the mean best IoU of the boxes.
 """
 
-from __future__ import annotations
-
-import argparse
+from absl import app, flags
 
 from train.detection.anchors import kmeans_anchors, letterboxed_sizes, split_scales
 from train.detection.data import open_detection_source
 
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", None, "voc:<folder>, tfds:<name> or shapes.")
+flags.DEFINE_string("split", "train", "Split of the data.")
+flags.DEFINE_integer("size", 416, "Square input side.", lower_bound=1)
+flags.DEFINE_integer("height", 0, "Input height (default: size).", lower_bound=0)
+flags.DEFINE_integer("width", 0, "Input width (default: size).", lower_bound=0)
+flags.DEFINE_list("scales", ["3", "3", "3"], "Anchors per output scale, coarsest first "
+                  "(yolov3: 3,3,3; yolov3_tiny: 3,3).")
+flags.DEFINE_integer("seed", 0, "k-means seed.")
+flags.mark_flag_as_required("data")
+flags.register_validator("scales", lambda v: bool(v) and all(n.isdigit() and int(n) > 0
+                                                             for n in v),
+                         "--scales takes positive integers, e.g. 3,3,3")
 
-def main(argv: list[str] | None = None) -> tuple:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="voc:<folder>, tfds:<name> or shapes")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--size", type=int, default=416, help="square input side")
-    parser.add_argument("--height", type=int, default=0, help="input height (default: size)")
-    parser.add_argument("--width", type=int, default=0, help="input width (default: size)")
-    parser.add_argument("--scales", default="3,3,3",
-                        help="anchors per output scale, coarsest first (yolov3: 3,3,3; "
-                             "yolov3_tiny: 3,3)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    per_scale = tuple(int(n) for n in args.scales.split(","))
-    hw = (args.height or args.size, args.width or args.size)
-    source = open_detection_source(args.data, split=args.split)
-    wh = letterboxed_sizes(source, hw)
-    anchors, fit = kmeans_anchors(wh, sum(per_scale), seed=args.seed)
-    result = split_scales(anchors, per_scale)
-    print(f"# {len(wh)} boxes of {args.data} ({args.split}) letterboxed to {hw[0]}x{hw[1]}; "
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    hw = (FLAGS.height or FLAGS.size, FLAGS.width or FLAGS.size)
+    per_scale = tuple(int(n) for n in FLAGS.scales)
+    wh = letterboxed_sizes(open_detection_source(FLAGS.data, split=FLAGS.split), hw)
+    anchors, fit = kmeans_anchors(wh, sum(per_scale), seed=FLAGS.seed)
+    print(f"# {len(wh)} boxes of {FLAGS.data} ({FLAGS.split}) letterboxed to {hw[0]}x{hw[1]}; "
           f"mean best IoU {fit:.3f}")
-    print(f"anchors = {result!r}")
-    return result
+    print(f"anchors = {split_scales(anchors, per_scale)!r}")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -12,14 +12,30 @@ existing output is an error unless ``--overwrite`` is given. Restore with
 ``path=`` to ``zoo.pretrained.load``.
 """
 
-from __future__ import annotations
-
-import argparse
 import ast
 from pathlib import Path
 
 import jax
 import numpy as np
+from absl import app, flags
+
+import zoo.pretrained
+from scripts import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Zoo model name (zoo.list_models()).")
+flags.DEFINE_string("input", None, "Weights file; default: the official one.")
+flags.DEFINE_string("output", None, "Checkpoint directory to create.")
+flags.DEFINE_string("source", None, "keras or torchvision (default: the reference).")
+flags.DEFINE_bool("no-top", False, "Drop the classifier (include_top=False).")
+flags.DEFINE_integer("num-classes", None, "New number of classes (re-initialises the head only).",
+                     lower_bound=1)
+flags.DEFINE_multi_string("set", [], "Other zoo.create option KEY=VALUE, e.g. alpha=0.35 or "
+                          "in_channels=1; repeatable.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+flags.mark_flags_as_required(["model", "output"])
+flags.register_validator("set", lambda v: all("=" in kv for kv in v), "--set takes KEY=VALUE")
+cli.check_model_flag()
 
 
 def _value(text: str):
@@ -29,47 +45,27 @@ def _value(text: str):
         return text
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="zoo model name (zoo.list_models())")
-    p.add_argument("--input", default=None, help="weights file; default: the official one")
-    p.add_argument("--output", required=True, help="checkpoint directory to create")
-    p.add_argument("--source", default=None, help="keras or torchvision (default: reference)")
-    p.add_argument("--no-top", dest="include_top", action="store_false",
-                   help="drop the classifier (include_top=False)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="new number of classes (re-initialises the head only)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="other zoo.create option, e.g. alpha=0.35 or in_channels=1")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """Run the conversion; returns the checkpoint path."""
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import orbax.checkpoint as ocp
 
-    import zoo
-
-    args = parse(argv)
-    out = Path(args.output).resolve()
-    if out.exists() and not args.overwrite:
+    out = Path(FLAGS.output).resolve()
+    if out.exists() and not FLAGS.overwrite:
         raise SystemExit(f"{out} exists; pass --overwrite to replace it")
-    kwargs = dict(kv.split("=", 1) for kv in args.set)
-    kwargs = {k: _value(v) for k, v in kwargs.items()}
-    kwargs["include_top"] = args.include_top
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
-    variables = zoo.pretrained.load(args.model, source=args.source, path=args.input, **kwargs)
+    options = {k: _value(v) for k, v in (kv.split("=", 1) for kv in FLAGS.set)}
+    options["include_top"] = not FLAGS["no-top"].value
+    if FLAGS["num-classes"].value is not None:
+        options["num_classes"] = FLAGS["num-classes"].value
+    variables = zoo.pretrained.load(FLAGS.model, source=FLAGS.source, path=FLAGS.input,
+                                    **options)
     ckpt = ocp.StandardCheckpointer()
-    ckpt.save(out, variables, force=args.overwrite)
+    ckpt.save(out, variables, force=FLAGS.overwrite)
     ckpt.wait_until_finished()
     counts = {c: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
               for c, t in variables.items()}
-    print(f"{args.model}: wrote {out} ({', '.join(f'{c} {n:,}' for c, n in counts.items())})")
-    return out
+    print(f"{FLAGS.model}: wrote {out} ({', '.join(f'{c} {n:,}' for c, n in counts.items())})")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

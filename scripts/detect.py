@@ -6,28 +6,27 @@
 Prints one JSON line per image: its detections in original pixel coordinates.
 """
 
-from __future__ import annotations
-
-import argparse
 import json
+
+from absl import app, flags
 
 from train.detection import evaluate
 
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A detection training workdir.")
+flags.DEFINE_string("out", None, "Folder for the PNGs (none: print only).")
+flags.DEFINE_float("score", 0.25, "Minimum score drawn.")
+flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint.")
+flags.mark_flag_as_required("workdir")
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--workdir", required=True, help="a detection training workdir")
-    parser.add_argument("--out", default=None, help="folder for the PNGs (none: print only)")
-    parser.add_argument("--score", type=float, default=0.25, help="minimum score drawn")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    args = parser.parse_args(argv)
-    results = evaluate.detect_files(args.workdir, args.images, args.out,
-                                    score_threshold=args.score, which=args.checkpoint)
-    for r in results:
+
+def main(argv):
+    if len(argv) < 2:
+        raise app.UsageError("give one or more image files")
+    for r in evaluate.detect_files(FLAGS.workdir, argv[1:], FLAGS.out,
+                                   score_threshold=FLAGS.score, which=FLAGS.checkpoint):
         print(json.dumps(r))
-    return results
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

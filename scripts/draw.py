@@ -7,47 +7,51 @@ Without the Graphviz ``dot`` binary the DOT files are still written and the comm
 exits with status 2 and says how to install it.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
+
+from absl import app, flags
 
 import viz
 import zoo
+from scripts import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Registered name (see zoo.list_models()).")
+flags.DEFINE_bool("all", False, "Gallery of every model + index.md.")
+flags.DEFINE_string("pattern", None, "With --all: only models matching this regex.")
+flags.DEFINE_integer("depth", None, "Collapse modules below this depth (default: full; --all "
+                     "draws depth 1 and full).", lower_bound=0)
+flags.DEFINE_string("freeze", None, "Colour a policy: frozen, finetune:N, full, or a regex over "
+                    "parameter paths.")
+flags.DEFINE_enum("format", None, list(viz.dot.FORMATS), "Default: the --out suffix, else svg.")
+flags.DEFINE_enum("rankdir", "TB", ["TB", "LR"], "Top to bottom or left to right.")
+flags.DEFINE_bool("fold", False, "Draw repeated identical blocks once, xN.")
+flags.DEFINE_bool("no-edge-labels", False, "Leave tensor shapes off edges.")
+flags.DEFINE_bool("flops", False, "Show FLOPs of each node.")
+flags.DEFINE_bool("summary", False, "Also print the text summary.")
+flags.DEFINE_string("out", None, "Output file (--model) or directory (--all).")
+flags.mark_flag_as_required("out")
+flags.register_multi_flags_validator(["model", "all"], lambda f: (f["model"] is None) == f["all"],
+                                     "give one of --model NAME or --all")
+cli.check_model_flag()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse flags, draw (or print a summary), return the exit status."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", help="registered name (see zoo.list_models())")
-    what.add_argument("--all", action="store_true", help="gallery of every model + index.md")
-    p.add_argument("--pattern", help="with --all: only models matching this regex")
-    p.add_argument("--depth", type=int, help="collapse modules below this depth (default: full;"
-                   " --all draws depth 1 and full)")
-    p.add_argument("--freeze", help="colour a policy: frozen, finetune:N, full, or a regex "
-                   "over parameter paths")
-    p.add_argument("--format", choices=viz.dot.FORMATS, help="default: --out suffix, else svg")
-    p.add_argument("--rankdir", choices=("TB", "LR"), default="TB")
-    p.add_argument("--fold", action="store_true", help="draw repeated identical blocks once, xN")
-    p.add_argument("--no-edge-labels", action="store_true", help="leave tensor shapes off edges")
-    p.add_argument("--flops", action="store_true", help="show FLOPs of each node")
-    p.add_argument("--summary", action="store_true", help="also print the text summary")
-    p.add_argument("--out", required=True, help="output file (--model) or directory (--all)")
-    args = p.parse_args(argv)
-    kw = dict(freeze=args.freeze, fold_repeats=args.fold, rankdir=args.rankdir,
-              edge_labels=not args.no_edge_labels, flops=args.flops)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    kw = dict(freeze=FLAGS.freeze, fold_repeats=FLAGS.fold, rankdir=FLAGS.rankdir,
+              edge_labels=not FLAGS["no-edge-labels"].value, flops=FLAGS.flops)
     try:
-        if args.all:
-            depths = (1, None) if args.depth is None else (args.depth,)
-            index = viz.gallery(args.out, zoo.list_models(args.pattern), depths=depths,
-                                format=args.format or "svg", **kw)
+        if FLAGS.all:
+            depths = (1, None) if FLAGS.depth is None else (FLAGS.depth,)
+            index = viz.gallery(FLAGS.out, zoo.list_models(FLAGS.pattern), depths=depths,
+                                format=FLAGS.format or "svg", **kw)
             print(f"wrote {index}")
         else:
-            if args.summary:
-                print(viz.summary(args.model, depth=args.depth, freeze=args.freeze))
-            viz.draw(args.model, depth=args.depth, out=args.out, format=args.format, **kw)
-            print(f"wrote {args.out}")
+            if FLAGS.summary:
+                print(viz.summary(FLAGS.model, depth=FLAGS.depth, freeze=FLAGS.freeze))
+            viz.draw(FLAGS.model, depth=FLAGS.depth, out=FLAGS.out, format=FLAGS.format, **kw)
+            print(f"wrote {FLAGS.out}")
     except viz.GraphvizNotFound as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -55,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

@@ -3,24 +3,25 @@
     python -m scripts.models [--pattern REGEX]
 """
 
-from __future__ import annotations
-
-import argparse
+from absl import app, flags
 
 import zoo
 from zoo.summary import table
 
+FLAGS = flags.FLAGS
+flags.DEFINE_string("pattern", None, "Only models whose name matches this regex.")
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pattern", default=None, help="only models whose name matches")
-    args = parser.parse_args(argv)
-    names = zoo.list_models(args.pattern)
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    names = zoo.list_models(FLAGS.pattern)
     if not names:
-        parser.error(f"no model matches {args.pattern!r}; models: {', '.join(zoo.list_models())}")
+        raise app.UsageError(f"no model matches {FLAGS.pattern!r}; models: "
+                             f"{', '.join(zoo.list_models())}")
     print(table(names))
     print(f"\n{len(names)} models; counts computed with jax.eval_shape (no FLOPs, no memory).")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

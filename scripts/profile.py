@@ -3,93 +3,31 @@
     python -m scripts.profile --model resnet50 [--mode train|infer] [--batch 32] [--top 25]
         [--trace-dir DIR]
 
-Runs the step of ``scripts/bench.py`` (random data, SGD on cross-entropy) once to compile
-and warm up, then once under ``jax.profiler.trace`` (with a Perfetto trace), and prints the
-summed duration of every executed XLA thunk grouped by its kind (``ynn_fusion``,
-``transpose_copy_fusion``, ...) and by the JAX op it came from (``op_name`` in the compiled
-HLO, ``transpose(jvp(...))`` marking the backward pass), the largest first. On XLA:CPU
-independent thunks can run concurrently, so the sum can exceed the step's wall time.
-Under ``zoo.compiler_options()`` XLA:CPU's matrix products (``dot`` thunks) return before
-their work in Eigen's threads is done, so their time lands on the thunks after them: run
-with ``ZOO_COMPILER_OPTIONS=none`` to see the products as YNNPACK fusions of their own.
-This is how the training-step formulations in BENCHMARKS.md were found.
+Prints the step's time, then the summed time of each XLA thunk kind and JAX op of one
+profiled step, the largest first (how to read it: train/profile.py).
 """
 
-from __future__ import annotations
+from absl import app, flags
 
-import argparse
-import collections
-import glob
-import gzip
-import json
-import os
-import re
-import tempfile
-import time
+from scripts import cli
+from train import profile
 
-from scripts.bench import ours_functions
-
-
-def op_names(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> the JAX ``op_name`` it was lowered from."""
-    names = {}
-    for line in hlo_text.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%(\S+) = .*?op_name=\"([^\"]+)\"", line)
-        if m:
-            names[m.group(1)] = m.group(2)
-    return names
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A zoo model name.")
+flags.DEFINE_enum("mode", "train", ["train", "infer"], "A training step or inference.")
+flags.DEFINE_integer("batch", 32, "Images per batch.", lower_bound=1)
+flags.DEFINE_integer("top", 25, "Rows to print.", lower_bound=1)
+flags.DEFINE_string("trace-dir", None, "Keep the trace here (default: a temporary directory).")
+flags.mark_flag_as_required("model")
+cli.check_model_flag()
 
 
-def summarise(events: list[dict], names: dict[str, str], top: int) -> list[tuple]:
-    """(ms, count, thunk kind, op name) rows: durations summed per kind and op name."""
-    skip = ("ThunkExecutor", "$", "SlinkyThreadPool", "PjitFunction", "end: ")
-    rows = collections.defaultdict(lambda: [0.0, 0])
-    for e in events:
-        if e.get("ph") != "X" or e["name"].startswith(skip) or e["name"] not in names:
-            continue
-        kind = re.sub(r"\.\d+$", "", e["name"])
-        op = re.sub(r"\d+", "#", names[e["name"]])  # block3/conv2 and block4/conv2 together
-        rows[(kind, op)][0] += e.get("dur", 0) / 1e3
-        rows[(kind, op)][1] += 1
-    out = [(ms, n, kind, op) for (kind, op), (ms, n) in rows.items()]
-    return sorted(out, reverse=True)[:top]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--mode", choices=("train", "infer"), default="train")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--trace-dir", default=None,
-                        help="keep the trace here (default: a temporary directory)")
-    args = parser.parse_args(argv)
-
-    import jax
-
-    fn, fn_args = ours_functions(args.model, args.batch)[args.mode]
-    compiled = fn.lower(*fn_args).compile()
-    names = op_names(compiled.as_text())
-    jax.block_until_ready(compiled(*fn_args))
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(*fn_args))
-    wall = time.perf_counter() - t
-    with tempfile.TemporaryDirectory() as tmp:
-        trace_dir = args.trace_dir or tmp
-        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            jax.block_until_ready(compiled(*fn_args))
-        files = glob.glob(os.path.join(trace_dir, "**", "*.json.gz"), recursive=True)
-        if not files:
-            raise SystemExit(f"no Perfetto trace was written under {trace_dir}")
-        with gzip.open(max(files, key=os.path.getmtime)) as f:
-            trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    rows = summarise(events, names, args.top)
-    print(f"{args.model} {args.mode}, batch {args.batch}: step {wall * 1e3:.0f} ms (untraced)")
-    print(f"{'ms':>9} {'count':>5}  {'thunk kind':28s} op")
-    for ms, n, kind, op in rows:
-        print(f"{ms:9.1f} {n:5d}  {kind[:28]:28s} {op[-100:]}")
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    profile.profile(FLAGS.model, mode=FLAGS.mode, batch=FLAGS.batch, top=FLAGS.top,
+                    trace_dir=FLAGS["trace-dir"].value)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -1,9 +1,21 @@
-"""scripts/bench.py: several rounds of one framework merge into medians; the conv table's
-depthwise rows (XLA, shifted multiply-adds with the native kernels off and on)."""
+"""train/bench.py and scripts/bench.py: several rounds of one framework merge into medians;
+each model times in its own worker process; the conv table's depthwise rows (XLA, shifted
+multiply-adds with the native kernels off and on); the one FLOP counter (zoo.summary)."""
 
 from __future__ import annotations
 
-from scripts import bench
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+import viz
+from tests.cli import ROOT, run_script
+from train import bench
+from zoo import summary
 
 
 def test_rounds_merge_into_medians():
@@ -23,11 +35,8 @@ def test_rounds_merge_into_medians():
 def test_conv_table_times_the_depthwise_conv_with_and_without_native_kernels():
     """``--convs`` rows for a depthwise conv: XLA's grouped conv, the shifted multiply-adds
     traced with the native kernels off and (where they build) on; all the same numbers."""
-    import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    from scripts import bench
     from zoo.backend import native
 
     impls = bench._conv_impls(3, 5, (1, 1), "SAME", depthwise=True)
@@ -58,15 +67,62 @@ def test_each_model_times_in_its_own_process(tmp_path, capsys, monkeypatch):
     """End to end, two small models: one worker process each, both in the table and the
     JSON (the workers are real; the spy only records what each was given)."""
     out, given, real = tmp_path / "b.json", [], bench.run_worker
-    monkeypatch.setattr(bench, "run_worker", lambda fw, python, args, models: (
-        given.append(list(models)), real(fw, python, args, models))[1])
-    bench.main(["--models", "squeezenet1_1,alexnet", "--frameworks", "ours", "--batch", "1",
-                "--warmup", "0", "--repeats", "1", "--modes", "infer", "--json", str(out)])
-    import json
-
+    monkeypatch.setattr(bench, "run_worker", lambda fw, python, models, **kw: (
+        given.append(list(models)), real(fw, python, models, **kw))[1])
+    report = bench.compare(["squeezenet1_1", "alexnet"], ["ours"], batch=1, warmup=0,
+                           repeats=1, modes=["infer"], json_path=str(out))
     results = json.loads(out.read_text())["results"]["ours"]
+    assert results == report["results"]["ours"]
     assert set(results["models"]) == {"squeezenet1_1", "alexnet"}
     assert all(r["models"][m]["infer"] > 0 for r in results["rounds"]
                for m in ("squeezenet1_1", "alexnet"))
     assert "| squeezenet1_1 | infer |" in capsys.readouterr().out
     assert given == [["squeezenet1_1"], ["alexnet"]]
+
+
+def test_script_writes_the_table_and_rejects_bad_flags(tmp_path):
+    md, js = tmp_path / "b.md", tmp_path / "b.json"
+    run_script("bench", "--models", "squeezenet1_1", "--frameworks", "ours", "--batch", "1",
+               "--warmup", "0", "--repeats", "1", "--modes", "infer", "--json", js,
+               "--markdown", md)
+    assert md.read_text().startswith("| model | mode | ours img/s (GFLOP/s) |")
+    assert json.loads(js.read_text())["results"]["ours"]["models"]["squeezenet1_1"]["infer"] > 0
+    bad = run_script("bench", "--frameworks", "ours,nope", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "--frameworks takes some of ours,keras-jax,keras-tf" in bad.stderr
+
+
+def test_worker_module_needs_no_jax():
+    """A keras-tf worker imports train.bench in an interpreter with TensorFlow only."""
+    code = ("import sys, train.bench; "
+            "print(sorted(m for m in ('jax', 'flax', 'zoo', 'viz') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        x = nn.Conv(4, (3, 3), feature_group_count=4, name="depthwise")(x)
+        x = jax.checkpoint(lambda y: y @ jnp.ones((4, 5)))(x)  # a product inside a remat
+        x = jax.lax.scan(lambda c, _: (c @ jnp.ones((5, 5)), None), x, None, length=3)[0]
+        return nn.Dense(2, name="head")(x.mean(axis=(1, 2)))
+
+
+def test_flops_of_a_tiny_model_by_hand():
+    expected = (2 * 8 * 8 * 4 * 3 * 3 * 3  # conv: 8x8x4 outputs, 3x3x3 multiply-adds each
+                + 2 * 8 * 8 * 4 * 3 * 3  # depthwise: 3x3 each
+                + 2 * 8 * 8 * 5 * 4  # the product under jax.checkpoint
+                + 3 * 2 * 8 * 8 * 5 * 5  # the scan's product, 3 times
+                + 2 * 2 * 5)  # head
+    assert summary.flops(Net(), (1, 8, 8, 3)) == expected == 30_612
+
+
+def test_bench_and_drawings_count_the_same_flops():
+    """One counter: the benchmark's GFLOP per image (BENCHMARKS.md) and the drawings'."""
+    per_image = {"resnet50": 7.72, "mobilenet": 1.14, "mobilenetv2": 0.60, "xception": 16.71}
+    assert {m: round(bench.model_flops(m) / 1e9, 2) for m in per_image} == per_image
+    g = viz.trace("mobilenetv2")
+    assert sum(n.flops for n in g.nodes.values()) == bench.model_flops("mobilenetv2")

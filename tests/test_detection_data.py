@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 
@@ -170,7 +171,7 @@ def test_loader_is_deterministic_and_pads():
     assert ev[0]["index"].tolist() == [0, 1, 2, 3]
 
 
-def test_kmeans_anchors_recover_clusters_and_split_by_scale(capsys):
+def test_kmeans_anchors_recover_clusters_and_split_by_scale():
     rng = np.random.default_rng(0)
     centres = np.asarray([[10, 12], [40, 20], [90, 100]], float)
     wh = np.concatenate([c * rng.uniform(0.95, 1.05, (200, 2)) for c in centres])
@@ -179,7 +180,9 @@ def test_kmeans_anchors_recover_clusters_and_split_by_scale(capsys):
     assert fit > 0.9
     per = A.split_scales(np.arange(12, dtype=float).reshape(6, 2) + 1, (3, 3))
     assert per[0][0] == (7.0, 8.0) and per[1] == ((1.0, 2.0), (3.0, 4.0), (5.0, 6.0))
-    from scripts import anchors
+    from tests.cli import run_script
 
-    result = anchors.main(["--data", "shapes", "--size", "64", "--scales", "2,2"])
-    assert len(result) == 2 and "mean best IoU" in capsys.readouterr().out
+    out = run_script("anchors", "--data", "shapes", "--size", "64", "--scales", "2,2").stdout
+    assert "mean best IoU" in out
+    result = ast.literal_eval(out.splitlines()[-1].removeprefix("anchors = "))
+    assert len(result) == 2 and all(len(scale) == 2 for scale in result)

@@ -1,8 +1,10 @@
-"""scripts/profile.py: per-op times of one real jitted step, from a real profiler trace."""
+"""train/profile.py and scripts/profile.py: per-op times of one real jitted step, from a
+real profiler trace."""
 
 from __future__ import annotations
 
-from scripts import profile
+from tests.cli import run_script
+from train import profile
 
 
 def test_summarise_groups_thunks_by_kind_and_op():
@@ -21,9 +23,9 @@ def test_summarise_groups_thunks_by_kind_and_op():
         == {"ynn_fusion.3": "x/y"}
 
 
-def test_profile_of_a_training_step(capsys):
-    profile.main(["--model", "squeezenet1_1", "--batch", "1", "--top", "500"])
-    out = capsys.readouterr().out.splitlines()
+def test_profile_of_a_training_step():
+    out = run_script("profile", "--model", "squeezenet1_1", "--batch", "1", "--top", "500")
+    out = out.stdout.splitlines()
     assert out[0].startswith("squeezenet1_1 train, batch 1: step ")
     rows = [line.split() for line in out[2:]]
     assert len(rows) > 10
@@ -32,3 +34,10 @@ def test_profile_of_a_training_step(capsys):
     ops = " ".join(r[3] for r in rows)
     assert "transpose(jvp(SqueezeNet))" in ops  # the backward pass is in the trace
     assert "fire#/expand#x#" in ops  # layer names of the model, numbers folded
+
+
+def test_unknown_model_is_one_clear_line():
+    bad = run_script("profile", "--model", "squeezenet1", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "flag --model=squeezenet1: unknown model 'squeezenet1'; did you mean squeezenet1_" \
+        in bad.stderr

@@ -21,7 +21,8 @@ from flax import linen as nn
 
 import viz
 import zoo
-from scripts import draw as draw_cli
+import zoo.summary
+from tests.cli import run_script
 
 GOLDEN = Path(__file__).parent / "data" / "viz_tiny.dot"
 TINY_SHAPE = (1, 8, 8, 3)
@@ -215,15 +216,18 @@ def test_summary_totals():
                      re.M)
 
 
-def test_cli_model_and_gallery(tmp_path, capsys):
-    assert draw_cli.main(["--model", "alexnet", "--depth", "1", "--format", "dot",
-                          "--out", str(tmp_path / "a.dot")]) == 0
+def test_cli_model_and_gallery(tmp_path):
+    run_script("draw", "--model", "alexnet", "--depth", "1", "--format", "dot",
+               "--out", tmp_path / "a.dot")
     assert (tmp_path / "a.dot").read_text().startswith('digraph "alexnet"')
-    assert draw_cli.main(["--all", "--pattern", "^squeezenet", "--format", "dot", "--fold",
-                          "--out", str(tmp_path / "g")]) == 0
+    run_script("draw", "--all", "--pattern", "^squeezenet", "--format", "dot", "--fold",
+               "--out", tmp_path / "g")
     index = (tmp_path / "g" / "index.md").read_text()
     assert "[full depth](squeezenet1_0.full.dot)" in index
     assert (tmp_path / "g" / "squeezenet1_1.depth1.dot").exists()
+    both = run_script("draw", "--model", "alexnet", "--all", "--out", tmp_path / "x", check=False)
+    assert both.returncode == 1 and "give one of --model NAME or --all" in both.stderr
+    assert "Traceback" not in both.stderr
 
 
 class Encoder(nn.Module):
@@ -268,5 +272,7 @@ def test_fold_respects_policy_and_flops_caption():
     assert split.nodes["stage3/block2"].repeat == 3 and split.nodes["stage3/block5"].repeat == 2
     text = viz.to_dot(viz.collapse(g, 1), flops=True, rankdir="LR")
     assert "rankdir=LR" in text and "7.72GFLOPs" in text  # 2 x 3.86 G multiply-adds
+    # the drawing's FLOPs are zoo.summary.flops's (the one counter, the benchmark's too)
+    assert sum(n.flops for n in g.nodes.values()) == zoo.summary.flops("resnet50")
     with pytest.raises(ValueError, match="rankdir"):
         viz.to_dot(g, rankdir="XY")

@@ -116,15 +116,17 @@ def test_offline_error_names_url_and_cache(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- scripts/convert.py
 
 def test_convert_script_writes_a_checkpoint_once(r50, tmp_path):
-    from scripts import convert
+    from tests.cli import run_script
 
     variables, path = r50
-    args = ["--model", "resnet50", "--input", str(path), "--output", str(tmp_path / "ckpt")]
-    out = convert.main(args + ["--no-top", "--set", "pooling='avg'"])
-    with pytest.raises(SystemExit, match="exists"):
-        convert.main(args)
+    out = tmp_path / "ckpt"
+    args = ["--model", "resnet50", "--input", path, "--output", out]
+    assert f"resnet50: wrote {out} (batch_stats 53,120, params 23,534,592)" in run_script(
+        "convert", *args, "--no-top", "--set", "pooling='avg'").stdout
+    again = run_script("convert", *args, check=False)
+    assert again.returncode == 1 and f"{out} exists; pass --overwrite" in again.stderr
     v = zoo.pretrained.load("resnet50", path=out, num_classes=3)  # no head in it: a new one
     assert v["params"]["head"]["kernel"].shape == (2048, 3)
     np.testing.assert_equal(v["batch_stats"], variables["batch_stats"])
-    convert.main(args + ["--overwrite"])
+    run_script("convert", *args, "--overwrite")
     np.testing.assert_equal(zoo.pretrained.load("resnet50", path=out), variables)

@@ -270,11 +270,11 @@ def test_include_top_false_pooling(pooling, shape):
     assert out.shape == shape
 
 
-def test_models_script_prints_exact_parity(capsys):
-    from scripts import models
+def test_models_script_prints_exact_parity():
+    from tests.cli import run_script
 
-    models.main(["--pattern", "^squeezenet"])
-    out = capsys.readouterr().out
+    out = run_script("models", "--pattern", "^squeezenet").stdout
     assert out.count("| exact |") == 2 and "MISMATCH" not in out
-    with pytest.raises(SystemExit):
-        models.main(["--pattern", "^nothing-matches"])
+    none = run_script("models", "--pattern", "^nothing-matches", check=False)
+    assert none.returncode == 1 and "Traceback" not in none.stderr
+    assert "no model matches '^nothing-matches'; models: alexnet" in none.stderr

@@ -25,6 +25,7 @@ from jax.extend import core as jcore
 
 from viz.graph import Edge, Graph, Module, Node, Path
 from zoo.backend import conv
+from zoo.summary import eqn_flops
 
 # Primitives that only change dtype or copy: the tensor flows through them unchanged.
 TRANSPARENT = {"convert_element_type", "copy", "copy_p", "reduce_precision",
@@ -217,7 +218,7 @@ class _Builder:
                 # Code under a jax.named_scope (einsum puts its spec there) is one node.
                 rest = stack[1 + len(scope) :]
                 node = self._op_node(eqn, scope, acts, rest[0] if rest else None)
-            self.nodes[node].flops += _flops(eqn)
+            self.nodes[node].flops += eqn_flops(eqn)
             for a in acts:
                 self._edge(a, node)
             for o in eqn.outvars:
@@ -331,18 +332,3 @@ def _pattern(prims: tuple[str, ...], in_rank: int, shapes) -> str:
         return "flatten"
     return prims[0]
 
-
-def _flops(eqn) -> int:
-    """2 x multiply-adds of a convolution or matrix product (recursing into calls)."""
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-        out = eqn.outvars[0].aval.shape
-        rhs = eqn.invars[1].aval.shape
-        cout = out[eqn.params["dimension_numbers"].out_spec[1]]
-        return int(2 * np.prod(out) * np.prod(rhs) // max(cout, 1))
-    if name == "dot_general":
-        (lc, _), _ = eqn.params["dimension_numbers"]
-        lhs = eqn.invars[0].aval.shape
-        return int(2 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in lc]))
-    sub = _subjaxpr(eqn)
-    return sum(_flops(e) for e in sub.eqns) if sub is not None else 0
