@@ -6,8 +6,6 @@ into our variables through the family's name map, and both run on the same batch
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import numpy as np
 import pytest
@@ -30,8 +28,7 @@ def parity_size(name: str) -> int:
 
 
 def name_map(name: str, model, kind: str) -> dict[str, str]:
-    family = importlib.import_module(f"zoo.{zoo.spec(name).family}")
-    return getattr(family, f"{kind}_names")(model)
+    return zoo.spec(name).name_map(kind, model)
 
 
 def assert_logits_match(ours, ref, *, softmax=True):

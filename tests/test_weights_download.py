@@ -33,15 +33,35 @@ def test_file_from_ours_loads_back(r50):
 
 
 def test_reference_urls():
-    f = download.reference_file("resnet18", "torchvision")
+    """The specs name the files keras.applications and torchvision download."""
+    f = zoo.spec("resnet18").weights()
     assert f.url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
     assert f.sha256 == "f37072fd"
-    f = download.reference_file("mobilenetv2", "keras", include_top=False, alpha=0.35)
+    f = zoo.spec("mobilenetv2").weights(include_top=False, alpha=0.35)
     assert f.url.endswith("mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_"
                           "0.35_224_no_top.h5")
-    assert download.reference_file("resnet50", "keras").md5 == "2cb95161c43110f7111970584f804107"
+    f = zoo.spec("mobilenet").weights(alpha=0.25, size=128)
+    assert f.url.endswith("mobilenet/mobilenet_2_5_128_tf.h5") and f.md5 is f.sha256 is None
+    assert zoo.spec("resnet50").weights().md5 == "2cb95161c43110f7111970584f804107"
+    assert zoo.spec("densenet121").weights(include_top=False).url.endswith(
+        "densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")
     with pytest.raises(download.WeightsUnavailableError, match="alpha"):
-        download.reference_file("mobilenetv2", "keras", alpha=0.3)
+        zoo.spec("mobilenetv2").weights(alpha=0.3)
+    with pytest.raises(download.WeightsUnavailableError, match="no published paper weights"):
+        zoo.pretrained.load("inception_v2")  # a paper's table: no file anywhere
+    with pytest.raises(download.WeightsUnavailableError, match="torchvision ones"):
+        zoo.pretrained.load("resnet18", source="keras")
+
+
+def test_every_keras_and_torchvision_model_names_its_files():
+    for name in zoo.list_models():
+        s = zoo.spec(name)
+        if s.task == "classification" and s.reference in ("keras", "torchvision"):
+            f = s.weights(include_top=False)
+            base = download.KERAS if s.reference == "keras" else download.TORCH
+            assert f.url.startswith(base) and (f.md5 or f.sha256 or "mobilenet" in name)
+            assert s.name_map("keras" if s.reference == "keras" else "torch",
+                              zoo.create(name)), name
 
 
 def test_load_downloads_once_and_verifies(r50, tmp_path, monkeypatch):

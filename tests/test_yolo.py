@@ -70,11 +70,17 @@ def test_output_layout():
     assert out == ((1, 8, 8, 2, 7), (1, 16, 16, 2, 7)), "two scales, two anchors each"
 
 
-def test_backbone_stage_features():
+def test_backbone_features_come_from_the_spec_taps():
     _, out = shapes("yolo_resnet50", 256, include_top=False)
     assert [o[1:] for o in out] == [(8, 8, 2048), (16, 16, 1024), (32, 32, 512)]
+    taps = yolo.backbone_taps("resnet18", zoo.spec("resnet18").feature_info(), yolo.STRIDES)
+    assert [t.module for t in taps] == ["stage4", "stage3", "stage2"]
     _, out = shapes("yolo_resnet18", 256, include_top=False)
-    assert [o[-1] for o in out] == list(yolo.BACKBONE_CHANNELS["resnet18"])
+    assert [o[-1] for o in out] == [t.channels for t in taps] == [512, 256, 128]
+    # the channels follow the backbone's options: MobileNetV2 at alpha 0.35
+    _, out = shapes("yolo_mobilenetv2", 256, include_top=False,
+                    backbone_options=(("alpha", 0.35),))
+    assert [o[-1] for o in out] == [1280, 32, 16]
     spec = zoo.spec("yolo_resnet50")
     assert spec.group_names[:2] == ("stem", "stage1") and spec.group_names[-2:] == ("neck", "head")
     assert spec.group_of("backbone/stage4/block3/conv3/kernel") == "stage4"
@@ -90,8 +96,8 @@ def test_detector_input_checks():
         shapes("yolov1", 512)
     with pytest.raises(ValueError, match="one width and one anchor set per scale"):
         shapes("yolov3", 64, widths=(64, 32))
-    with pytest.raises(ValueError, match="strides"):
-        shapes("yolo_resnet18", 256, backbone="squeezenet1_1")  # no stage{i} modules
+    with pytest.raises(ValueError, match=r"strides \(32, 16, 8\).*\[4, 8, 16\]"):
+        shapes("yolo_resnet18", 256, backbone="squeezenet1_1")  # no stride-32 tap
     _, out = shapes("yolov1", 256, grid=4, num_classes=3)
     assert out == (1, 4, 4, 13)
 

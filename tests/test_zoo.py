@@ -1,7 +1,10 @@
 """Registry contracts and per-model tests, parametrised over ``zoo.list_models()``.
 
 Every model registered later is picked up automatically: parameter parity with its
-reference, parameter groups, input validation, shapes, determinism, batch norm.
+reference, parameter groups, input validation, feature taps, shapes, determinism, batch
+norm. The registry-wide checks are functions of a model name (``check_*``, all of them in
+:data:`REGISTRY_CHECKS`), so a model registered elsewhere runs the very same assertions
+(tests/test_add_model.py).
 """
 
 from __future__ import annotations
@@ -99,11 +102,24 @@ def test_normalize_matches_keras_preprocessing():
                                (img / 255 - torch_mean) / torch_std, rtol=1e-5, atol=1e-5)
 
 
+def test_unregister_removes_a_model():
+    spec = zoo.unregister("squeezenet1_0")
+    try:
+        assert "squeezenet1_0" not in zoo.list_models()
+        with pytest.raises(ValueError, match="unknown model"):
+            zoo.unregister("squeezenet1_0")
+    finally:
+        zoo.register(spec)
+    assert zoo.spec("squeezenet1_0") is spec
+
+
 # ------------------------------------------------------------- per model
+# Each check_* is one registry-wide contract for one model; the parametrised tests below
+# call them over the registry.
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
-def test_parameter_count_matches_reference(name):
+def check_parameter_count(name: str) -> None:
+    """Parameters (+ BN statistics for Keras/Darknet) equal the reference's figure."""
     spec = zoo.spec(name)
     v = abstract_vars(zoo.create(name), spec.input_size)
     params, stats = count(v["params"]), count(v.get("batch_stats", {}))
@@ -112,8 +128,7 @@ def test_parameter_count_matches_reference(name):
     assert total == spec.reference_params
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
-def test_spec_is_consistent(name):
+def check_spec(name: str) -> None:
     spec = zoo.spec(name)
     assert spec.min_size <= spec.input_size
     assert spec.head == "head" and spec.group_names[-1] == "head"
@@ -121,8 +136,8 @@ def test_spec_is_consistent(name):
     assert len(spec.mean) == len(spec.std) == 3 and min(spec.std) > 0
 
 
-@pytest.mark.parametrize("name", traced_params())
-def test_groups_partition_the_parameters(name):
+def check_groups(name: str) -> None:
+    """Every parameter and statistic is in exactly one group; no group is empty."""
     spec = zoo.spec(name)
     v = abstract_vars(zoo.create(name), small_size(name))
     all_paths = paths(v["params"]) + paths(v.get("batch_stats", {}))
@@ -132,8 +147,8 @@ def test_groups_partition_the_parameters(name):
     assert heads and all(p.startswith("head/") for p in heads)
 
 
-@pytest.mark.parametrize("name", traced_params())
-def test_top_options_change_only_the_top(name):
+def check_top_options(name: str) -> None:
+    """num_classes changes the head only; num_classes=None and include_top=False drop it."""
     spec = zoo.spec(name)
     full = abstract_vars(zoo.create(name), small_size(name))
     ten = abstract_vars(zoo.create(name, num_classes=10), small_size(name))
@@ -150,8 +165,7 @@ def test_top_options_change_only_the_top(name):
     assert set(paths(notop["params"])) <= set(paths(none["params"]))
 
 
-@pytest.mark.parametrize("name", traced_params())
-def test_input_validation(name):
+def check_input_validation(name: str) -> None:
     spec = zoo.spec(name)
     model = zoo.create(name)
     s = spec.min_size
@@ -173,11 +187,99 @@ def test_input_validation(name):
     abstract_vars(zoo.create(name, include_top=False), s)
 
 
-@pytest.mark.parametrize("name", traced_params())
-def test_other_channel_counts(name):
+def check_other_channel_counts(name: str) -> None:
     v = abstract_vars(zoo.create(name, in_channels=1), small_size(name), channels=1)
     kernels = [x for x in jax.tree.leaves(v["params"]) if x.ndim == 4]
     assert sum(k.shape[2] == 1 for k in kernels) >= 1, "the first conv takes one channel"
+
+
+def check_feature_taps(name: str) -> None:
+    """A classifier's ``features_only`` model gives one map per spec tap, of the tap's
+    stride and channels, with the variables of ``include_top=False`` (traced only)."""
+    spec = zoo.spec(name)
+    taps = spec.feature_info()
+    if spec.task != "classification":
+        return
+    assert taps, f"{name}: a classifier names its feature taps (ModelSpec.feature_taps)"
+    model = zoo.create(name, features_only=True)
+    assert model.feature_info == taps
+    size, step = small_size(name), max(t.stride for t in taps)
+    variables, shapes = [], []
+    for side in (size, size + step):
+        x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+        variables.append(jax.eval_shape(model.init, jax.random.key(0), x))
+        shapes.append([o.shape for o in jax.eval_shape(model.apply, variables[-1], x)])
+    for tap, a, b in zip(taps, *shapes, strict=True):
+        # an input `step` pixels larger makes a stride-s map step/s larger, whatever the
+        # padding ('valid' convs, ceil-mode pools) does at the borders
+        assert (b[1] - a[1], b[2] - a[2]) == (step // tap.stride,) * 2, (name, tap, a, b)
+        assert a[-1] == tap.channels, (name, tap, a)
+    notop = abstract_vars(zoo.create(name, include_top=False), size)
+    assert jax.tree.map(lambda v: v.shape, variables[0]) == \
+        jax.tree.map(lambda v: v.shape, notop), "the variables of include_top=False"
+
+
+REGISTRY_CHECKS = (check_parameter_count, check_spec, check_groups, check_top_options,
+                   check_input_validation, check_other_channel_counts, check_feature_taps)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_parameter_count_matches_reference(name):
+    check_parameter_count(name)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_spec_is_consistent(name):
+    check_spec(name)
+
+
+@pytest.mark.parametrize("name", traced_params())
+def test_groups_partition_the_parameters(name):
+    check_groups(name)
+
+
+@pytest.mark.parametrize("name", traced_params())
+def test_top_options_change_only_the_top(name):
+    check_top_options(name)
+
+
+@pytest.mark.parametrize("name", traced_params())
+def test_input_validation(name):
+    check_input_validation(name)
+
+
+@pytest.mark.parametrize("name", traced_params())
+def test_other_channel_counts(name):
+    check_other_channel_counts(name)
+
+
+@pytest.mark.parametrize("name", traced_params())
+def test_feature_taps(name):
+    check_feature_taps(name)
+
+
+def test_features_only_api():
+    """out_indices pick taps (negative ones too), finest first; the taps follow options."""
+    feats = zoo.create("resnet50", features_only=True, out_indices=(1, -2, -1))
+    assert [(t.module, t.stride, t.channels) for t in feats.feature_info] == [
+        ("stage2", 8, 512), ("stage3", 16, 1024), ("stage4", 32, 2048)]
+    x = jnp.ones((1, 64, 64, 3))
+    v = jax.jit(feats.init)(jax.random.key(0), x)
+    maps = jax.jit(feats.apply)(v, x)
+    backbone = zoo.create("resnet50", include_top=False)
+    np.testing.assert_array_equal(maps[-1], jax.jit(backbone.apply)(v, x))
+    assert [m.shape for m in maps] == [(1, 8, 8, 512), (1, 4, 4, 1024), (1, 2, 2, 2048)]
+    thin = zoo.create("mobilenetv2", features_only=True, alpha=0.35)
+    assert [t.channels for t in thin.feature_info] == [8, 8, 16, 32, 1280]
+    assert [t.channels for t in zoo.spec("mobilenetv2").feature_info()] == [16, 24, 32, 96, 1280]
+    with pytest.raises(ValueError, match="out_indices"):
+        _ = zoo.create("resnet50", features_only=True, out_indices=(4,)).feature_info
+    with pytest.raises(ValueError, match="leave include_top"):
+        zoo.create("resnet50", features_only=True, pooling="avg")
+    with pytest.raises(ValueError, match="features_only"):
+        zoo.create("resnet50", out_indices=(1,))
+    with pytest.raises(ValueError, match="unknown option"):
+        zoo.create("resnet50", features_only=True, alpha=0.5)
 
 
 def _fns(model):

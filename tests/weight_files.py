@@ -6,7 +6,6 @@ Only tests import this.
 
 from __future__ import annotations
 
-import importlib
 import io
 import pickle
 import struct
@@ -60,10 +59,9 @@ def random_variables(name: str, seed: int = 0, **model_kwargs):
 def save_keras_h5_from_ours(name: str, variables, path, **model_kwargs) -> None:
     """A Keras 2 weights-only file ('conv1_conv/kernel:0') from our variables, no Keras."""
     model = zoo.create(name, **model_kwargs)
-    family = importlib.import_module(f"zoo.{zoo.spec(name).family}")
     params, stats = variables["params"], variables.get("batch_stats", {})
     layers = {}
-    for layer, path_ in family.keras_names(model).items():
+    for layer, path_ in zoo.spec(name).keras_names(model).items():
         p, st = params, stats
         for part in path_.split("/"):
             p, st = p.get(part, {}), st.get(part, {})
@@ -86,8 +84,7 @@ def save_keras_h5_from_ours(name: str, variables, path, **model_kwargs) -> None:
 def torch_state_from_ours(name: str, variables, **model_kwargs) -> dict[str, np.ndarray]:
     """Our variables -> the torchvision state dict they came from (inverse name map, OIHW)."""
     model = zoo.create(name, **model_kwargs)
-    family = importlib.import_module(f"zoo.{zoo.spec(name).family}")
-    inverse = {path: module for module, path in family.torch_names(model).items()}
+    inverse = {path: module for module, path in zoo.spec(name).torch_names(model).items()}
     out = {}
     for path, module in inverse.items():
         params = variables["params"]

@@ -1,7 +1,7 @@
 """The transfer zoo's models: ``zoo.create(name)``, ``zoo.list_models()``, ``zoo.spec(name)``."""
 
-# Importing the family modules registers their models; yolo comes last (alphabetically
-# too): it adds yolo_<backbone> for the backbones registered before it.
+# Importing the family modules registers their models, in any order: zoo.yolo imports the
+# families its yolo_<backbone> variants stand on itself.
 from zoo import (  # noqa: F401
     alexnet,
     darknet,
@@ -16,8 +16,17 @@ from zoo import (  # noqa: F401
     yolo,
 )
 from zoo.backend.conv import compiler_options
-from zoo.registry import ModelSpec, create, list_models, register, spec
+from zoo.registry import (  # noqa: E402
+    FeatureTap,
+    ModelSpec,
+    create,
+    list_models,
+    register,
+    spec,
+    unregister,
+)
 
-__all__ = ["ModelSpec", "compiler_options", "create", "list_models", "register", "spec"]
+__all__ = ["FeatureTap", "ModelSpec", "compiler_options", "create", "list_models", "register",
+           "spec", "unregister"]
 
 from zoo import pretrained  # noqa: E402, F401  (zoo.pretrained.load; imports the registry above)

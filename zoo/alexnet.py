@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import TORCH, ModelSpec, register
+from zoo.registry import TORCH, FeatureTap, ModelSpec, register
+from zoo.weights.download import TorchFile
 
 # (features, kernel, stride, padding, max-pool after)
 CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
@@ -71,5 +72,9 @@ register(
         groups=(*((f"conv{i}", rf"^conv{i}/") for i in range(1, 6)),
                 ("top", r"^fc[12]/"), ("head", r"^head/")),
         description="AlexNet, torchvision's one-tower variant",
+        torch_names=torch_names,
+        weights=TorchFile("alexnet-owt-7be5be79.pth"),
+        # the convs' ReLUs are not modules: only the last (pooled, ReLU'd) map is a tap
+        feature_taps=(FeatureTap("", 32, 256),),
     )
 )

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import ModelSpec, register
+from zoo.registry import FeatureTap, ModelSpec, register
 
 DARKNET_NORM = dict(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), channel_order="RGB")
 
@@ -105,4 +105,6 @@ register(ModelSpec(
     input_size=256, min_size=32, **DARKNET_NORM,
     groups=(*darknet_groups(), ("head", "^head/")),
     description="Darknet-53: 52 convs with residual blocks (1, 2, 8, 8, 4), YOLOv3's backbone",
+    feature_taps=(FeatureTap("stem", 1, 32),
+                  *(FeatureTap(f"stage{i}", 2**i, 32 * 2**i) for i in range(1, 6))),
 ))

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import TORCH, ModelSpec, register
+from zoo.registry import TORCH, FeatureTap, ModelSpec, register
+from zoo.weights.download import KerasFiles
 
 KERAS_BN = dict(epsilon=1.001e-5, momentum=0.99)
 GROWTH_RATE = 32
@@ -132,6 +133,24 @@ def keras_names(model: DenseNet) -> dict[str, str]:
     return names
 
 
+def _taps(blocks: tuple[int, ...]) -> tuple[FeatureTap, ...]:
+    """Each dense block's output (its last layer's, before the transition) at strides 4, 8
+    and 16, then the model's own output (``post_bn`` and ReLU) at 32."""
+    taps, channels = [], 64
+    for i, n in enumerate(blocks, 1):
+        channels += n * GROWTH_RATE
+        path = f"stage{i}/block{n}" if i < len(blocks) else ""
+        taps.append(FeatureTap(path, 2 ** (i + 1), channels))
+        channels //= 2  # the transition's 1x1 conv
+    return tuple(taps)
+
+
+_KERAS_MD5 = {  # (with top, without top), as keras.applications publishes them
+    "densenet121": ("9d60b8095a5708f2dcce2bca79d332c7", "30ee3e1110167f948a6b9946edeeb738"),
+    "densenet169": ("d699b8f76981ab1b30698df4c175e90b", "b8c4d4c20dd625c148057b9ff1c1176b"),
+    "densenet201": ("1ceb130c1ea1b78c3bf6114dbdfd8807", "c13680b51ded0fb44dff2d8f86ac8bb1"),
+}
+
 _VARIANTS = {
     "densenet121": ((6, 12, 24, 16), "DenseNet121", 8_062_504),
     "densenet169": ((6, 12, 32, 32), "DenseNet169", 14_307_880),
@@ -154,5 +173,8 @@ for _name, (_blocks, _ref, _params) in _VARIANTS.items():
                     ("stage3", r"^stage3/"), ("stage4", r"^(stage4|post_bn)/"),
                     ("head", r"^head/")),
             description=f"DenseNet, dense blocks {_blocks}, growth rate {GROWTH_RATE}",
+            keras_names=keras_names,
+            weights=KerasFiles(f"densenet/{_name}", *_KERAS_MD5[_name]),
+            feature_taps=_taps(_blocks),
         )
     )

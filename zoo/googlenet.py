@@ -45,7 +45,8 @@ from flax import linen as nn
 
 from zoo import layers
 from zoo.inception import BN, Block, Branch, C, ConvBN, Pool, block_conv_paths, pool
-from zoo.registry import TF, ModelSpec, register
+from zoo.registry import TF, FeatureTap, ModelSpec, register
+from zoo.weights.download import TorchFile
 
 TORCH_BN = BN(epsilon=1e-3, momentum=0.9, scale=True)  # PyTorch momentum 0.1
 V2_BN = BN(epsilon=1e-3, momentum=0.99, scale=True)
@@ -202,6 +203,12 @@ def torch_names(model: GoogLeNet) -> dict[str, str]:
     return names
 
 
+def _taps(*last: tuple[str, int]) -> tuple[FeatureTap, ...]:
+    """The stem's 7x7/2 and 3x3 convs, then the last (block, channels) at strides 8, 16, 32."""
+    return (FeatureTap("stem/conv_1", 2, 64), FeatureTap("stem/conv_3", 4, 192),
+            *(FeatureTap(b, s, c) for (b, c), s in zip(last, (8, 16, 32), strict=True)))
+
+
 def _groups(plan) -> tuple[tuple[str, str], ...]:
     blocks = [name for name, b in plan if not isinstance(b, Pool)]
     return (*((b, rf"^{b}/") for b in blocks), ("head", r"^(head|aux1|aux2)/"))
@@ -220,6 +227,9 @@ register(
         **TF,
         groups=_groups(GOOGLENET),
         description="GoogLeNet / Inception v1 (torchvision), auxiliary heads optional",
+        torch_names=torch_names,
+        weights=TorchFile("googlenet-1378be20.pth"),
+        feature_taps=_taps(("inception3b", 480), ("inception4e", 832), ("inception5b", 1024)),
     )
 )
 register(
@@ -235,5 +245,6 @@ register(
         **TF,
         groups=_groups(INCEPTION_V2),
         description="BN-Inception (Inception v2) from the paper's table",
+        feature_taps=_taps(("inception3b", 320), ("inception4d", 576), ("inception5b", 1024)),
     )
 )

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import TF, ModelSpec, register
+from zoo.registry import TF, FeatureTap, ModelSpec, register
+from zoo.weights.download import KerasFiles
 
 
 class BN(NamedTuple):
@@ -334,6 +335,23 @@ def _groups(arch: str) -> tuple[tuple[str, str], ...]:
     return (*groups, ("head", r"^head/"))
 
 
+# The stem's third conv (stride 2) and fifth (4), then the last block at strides 8, 16, 32
+# (timm's taps for these models).
+_STEM_TAPS = (FeatureTap("stem/conv_3", 2, 64), FeatureTap("stem/conv_5", 4, 192))
+TAPS = {
+    "inception_v3": (*_STEM_TAPS, FeatureTap("mixed2", 8, 288), FeatureTap("mixed7", 16, 768),
+                     FeatureTap("mixed10", 32, 2048)),
+    "inception_resnet_v2": (*_STEM_TAPS, FeatureTap("stage1", 8, 320),
+                            FeatureTap("stage2", 16, 1088), FeatureTap("conv_7b", 32, 1536)),
+}
+WEIGHTS = {
+    "inception_v3": KerasFiles("inception_v3/inception_v3", "9a0d58056eeedaa3f26cb7ebd46da564",
+                               "bcbd6486424b2319ff4ef7d526e38f63"),
+    "inception_resnet_v2": KerasFiles("inception_resnet_v2/inception_resnet_v2",
+                                      "e693bd0210a403b3192acc6073ad2e96",
+                                      "d19885ff4a710c122648d3b5c3b684e4"),
+}
+
 for _name, _ref, _params in (
     ("inception_v3", "InceptionV3", 23_851_784),
     ("inception_resnet_v2", "InceptionResNetV2", 55_873_736),
@@ -351,5 +369,8 @@ for _name, _ref, _params in (
             **TF,
             groups=_groups(_name),
             description=f"{_ref} (Keras), BN without scale",
+            keras_names=keras_names,
+            weights=WEIGHTS[_name],
+            feature_taps=TAPS[_name],
         )
     )

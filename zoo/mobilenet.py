@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import TF, ModelSpec, register
+from zoo.registry import TF, FeatureTap, ModelSpec, register
+from zoo.weights.download import KerasMobileNetFiles
 
 V1_BN = dict(epsilon=1e-3, momentum=0.99)
 V2_BN = dict(epsilon=1e-3, momentum=0.999)
@@ -227,15 +228,40 @@ def _groups(num_stages: int, last: str = "") -> tuple[tuple[str, str], ...]:
             (f"stage{num_stages}", final), ("head", r"^head/"))
 
 
+def _v1_taps(model: MobileNet) -> tuple[FeatureTap, ...]:
+    """Each stage's output (strides 2 to 32), at the model's width ``alpha``."""
+    taps, stride = [], 2
+    for i, (filters, _, s) in enumerate(V1_STAGES, 1):
+        stride *= s
+        taps.append(FeatureTap(f"stage{i}", stride, int(filters * model.alpha)))
+    return tuple(taps)
+
+
+def _v2_taps(model: MobileNetV2) -> tuple[FeatureTap, ...]:
+    """The last stage at each stride 2 to 16, then ``final`` (the last 1x1 conv) at 32."""
+    by_stride, stride = {}, 2
+    for i, (_, c, _, s) in enumerate(V2_STAGES, 1):
+        stride *= s
+        by_stride[stride] = FeatureTap(f"stage{i}", stride, make_divisible(int(c * model.alpha)))
+    last = make_divisible(1280 * model.alpha) if model.alpha > 1.0 else 1280
+    by_stride[32] = FeatureTap("final", 32, last)
+    return tuple(by_stride.values())
+
+
 register(ModelSpec(
     name="mobilenet", builder=MobileNet, family="mobilenet", reference="keras",
     reference_name="keras.applications.MobileNet", reference_params=4_253_864,
     input_size=224, min_size=32, **TF, groups=_groups(len(V1_STAGES)),
     description="MobileNet v1; options alpha (0.25/0.5/0.75/1.0), depth_multiplier, dropout",
+    keras_names=keras_names, feature_taps=_v1_taps,
+    weights=KerasMobileNetFiles(1, alphas=(0.25, 0.5, 0.75, 1.0), sizes=(128, 160, 192, 224)),
 ))
 register(ModelSpec(
     name="mobilenetv2", builder=MobileNetV2, family="mobilenet", reference="keras",
     reference_name="keras.applications.MobileNetV2", reference_params=3_538_984,
     input_size=224, min_size=32, **TF, groups=_groups(len(V2_STAGES), "final"),
     description="MobileNet v2; option alpha (0.35/0.5/0.75/1.0/1.3/1.4)",
+    keras_names=keras_names, feature_taps=_v2_taps,
+    weights=KerasMobileNetFiles(2, alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+                                sizes=(96, 128, 160, 192, 224)),
 ))

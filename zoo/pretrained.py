@@ -21,7 +21,8 @@ Usage::
   ``scripts/convert.py`` (our own parameter names).
 - no ``path``: the file the reference library downloads for this model (``source`` is
   ``'keras'`` or ``'torchvision'``, default the model's reference; ``resolution`` picks
-  among the MobileNet files trained at several sizes), verified and cached; see
+  among the MobileNet files trained at several sizes; the spec's ``weights`` names it),
+  verified and cached; see
   :mod:`zoo.weights.download` for the cache (``$TRANSFER_ZOO_CACHE``) and offline use.
 
 The load is strict: every variable comes from the file, except what these transfer
@@ -41,7 +42,6 @@ tensor raises :class:`~zoo.weights.convert.WeightMismatchError` listing all of t
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from pathlib import Path
@@ -75,12 +75,13 @@ def load(
     source = source or s.reference
     model = create(name, **model_kwargs)
     if path is None:
-        if source not in ("keras", "torchvision"):
+        if s.weights is None or source != s.reference:
             raise download.WeightsUnavailableError(
-                f"{name}: no published weights for source {source!r}; pass path=")
-        file = download.reference_file(
-            name, source, include_top=model_kwargs.get("include_top", True),
-            alpha=model_kwargs.get("alpha", 1.0), size=resolution or s.input_size)
+                f"no published {source} weights known for {name!r} (its spec names "
+                f"{'none' if s.weights is None else s.reference + ' ones'}); pass path= to a "
+                "local file")
+        file = s.weights(include_top=model_kwargs.get("include_top", True),
+                         alpha=model_kwargs.get("alpha", 1.0), size=resolution or s.input_size)
         path = download.fetch(file)
     tensors, unexpected, kind = read_tensors(path, model, name)
     target, head = _shapes(model, s.input_size, capture=s.head)
@@ -111,17 +112,16 @@ def read_file(path: str | os.PathLike) -> KerasH5 | dict[str, np.ndarray]:
 def read_tensors(path, model, name: str) -> tuple[convert.Flat, list[str], str]:
     """A weights file -> tensors keyed by our variable paths, unexpected names, and its kind."""
     data = read_file(path)
-    family = importlib.import_module(f"zoo.{spec(name).family}")
+    s = spec(name)
     if Path(path).is_dir():
         flat = traverse_util.flatten_dict(data)
         return {k: np.asarray(v) for k, v in flat.items()}, [], "checkpoint"
-    kind, attr = ("Keras", "keras_names") if isinstance(data, KerasH5) else ("torch", "torch_names")
-    names = getattr(family, attr, None)
-    if names is None:
+    kind = "Keras" if isinstance(data, KerasH5) else "torch"
+    name_map = s.name_map(kind.lower(), model)
+    if name_map is None:
         raise WeightFileError(
-            f"{path} is a {kind} file, but zoo.{spec(name).family} has no {attr}(): {name}'s "
-            f"weights come from {spec(name).reference} ({spec(name).reference_name})")
-    name_map = names(model)
+            f"{path} is a {kind} file, but {name}'s spec has no {kind.lower()}_names: its "
+            f"weights come from {s.reference} ({s.reference_name})")
     if isinstance(data, KerasH5):
         layers, left_out = data.layers(name_map)
         if left_out:

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import CAFFE, TF, TORCH, ModelSpec, register
+from zoo.registry import CAFFE, TF, TORCH, FeatureTap, ModelSpec, register
+from zoo.weights.download import KerasFiles, TorchFile
 
 KERAS_BN = dict(epsilon=1.001e-5, momentum=0.99)
 TORCH_BN = dict(epsilon=1e-5, momentum=0.9)
@@ -227,6 +228,29 @@ def _groups(num_stages: int, variant: str) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _taps(variant: str) -> tuple[FeatureTap, ...]:
+    """Stage outputs at strides 4-32; a v2 stage ends with its stride-2 block, so there the
+    stem gives stride 4 and the model's own output (``post_bn`` and ReLU) stride 32."""
+    if variant == "v2":
+        return (FeatureTap("stem", 4, 64), FeatureTap("stage1", 8, 256),
+                FeatureTap("stage2", 16, 512), FeatureTap("", 32, 2048))
+    widths = (64, 128, 256, 512) if variant == "basic" else (256, 512, 1024, 2048)
+    return tuple(FeatureTap(f"stage{i}", 2 ** (i + 1), w) for i, w in enumerate(widths, 1))
+
+
+_KERAS_MD5 = {  # (with top, without top), as keras.applications publishes them
+    "resnet50": ("2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"),
+    "resnet101": ("f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21"),
+    "resnet152": ("100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c"),
+    "resnet50v2": ("3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917"),
+    "resnet101v2": ("6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5"),
+    "resnet152v2": ("a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
+}
+WEIGHTS = {name: KerasFiles(f"resnet/{name}", *md5) for name, md5 in _KERAS_MD5.items()} | {
+    "resnet18": TorchFile("resnet18-f37072fd.pth"),
+    "resnet34": TorchFile("resnet34-b627a593.pth"),
+}
+
 _VARIANTS = {
     # name: (variant, stage sizes, reference name, reference params, normalisation)
     "resnet50": ("v1", (3, 4, 6, 3), "keras.applications.ResNet50", 25_636_712, CAFFE),
@@ -254,5 +278,9 @@ for _name, (_variant, _sizes, _ref, _params, _norm) in _VARIANTS.items():
             **_norm,
             groups=_groups(len(_sizes), _variant),
             description=f"ResNet {_variant}, stages {_sizes}",
+            keras_names=None if _variant == "basic" else keras_names,
+            torch_names=torch_names if _variant == "basic" else None,
+            weights=WEIGHTS[_name],
+            feature_taps=_taps(_variant),
         )
     )

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import TORCH, ModelSpec, register
+from zoo.registry import TORCH, FeatureTap, ModelSpec, register
+from zoo.weights.download import TorchFile
 
 P = "pool"
 # version: (stem features, stem kernel, plan of max-pools and (squeeze, expand) fires)
@@ -91,6 +92,14 @@ def torch_names(model: SqueezeNet) -> dict[str, str]:
     return names
 
 
+# The last fire module before each max pool, and the last one (stride 16: no stride 32).
+TAPS = {"1_0": (FeatureTap("fire4", 4, 256), FeatureTap("fire8", 8, 512),
+                FeatureTap("fire9", 16, 512)),
+        "1_1": (FeatureTap("fire3", 4, 128), FeatureTap("fire5", 8, 256),
+                FeatureTap("fire9", 16, 512))}
+WEIGHTS = {"1_0": TorchFile("squeezenet1_0-b66bff10.pth"),
+           "1_1": TorchFile("squeezenet1_1-b8a52dc0.pth")}
+
 for _version, _params, _min in (("1_0", 1_248_424, 21), ("1_1", 1_235_496, 17)):
     register(
         ModelSpec(
@@ -106,5 +115,8 @@ for _version, _params, _min in (("1_0", 1_248_424, 21), ("1_1", 1_235_496, 17)):
             groups=(("stem", r"^stem/"), *((f"fire{i}", rf"^fire{i}/") for i in range(2, 10)),
                     ("head", r"^head/")),
             description=f"SqueezeNet {_version.replace('_', '.')}",
+            torch_names=torch_names,
+            weights=WEIGHTS[_version],
+            feature_taps=TAPS[_version],
         )
     )

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import CAFFE, ModelSpec, register
+from zoo.registry import CAFFE, FeatureTap, ModelSpec, register
+from zoo.weights.download import KerasFiles
 
 STAGE_SIZES = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 WIDTHS = (64, 128, 256, 512, 512)
@@ -66,6 +67,13 @@ def keras_names(model: VGG) -> dict[str, str]:
     return names
 
 
+# Each stage ends with its 2x2 max pool: strides 2 to 32.
+TAPS = tuple(FeatureTap(f"stage{i}", 2**i, w) for i, w in enumerate(WIDTHS, 1))
+WEIGHTS = {16: KerasFiles("vgg16/vgg16", "64373286793e3c8b2b4e3219cbf3544b",
+                          "6d6bbae143d832006294945121d1f1fc"),
+           19: KerasFiles("vgg19/vgg19", "cbe5617147190e668d6c5d5026f83318",
+                          "253f8cb515780f3b799900260a226db6")}
+
 for _depth, _params in ((16, 138_357_544), (19, 143_667_240)):
     register(
         ModelSpec(
@@ -84,5 +92,8 @@ for _depth, _params in ((16, 138_357_544), (19, 143_667_240)):
                 ("head", r"^head/"),
             ),
             description=f"VGG{_depth}: {sum(STAGE_SIZES[_depth])} 3x3 conv layers + 3 dense",
+            keras_names=keras_names,
+            weights=WEIGHTS[_depth],
+            feature_taps=TAPS,
         )
     )

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
-from zoo.registry import TF, ModelSpec, register
+from zoo.registry import TF, FeatureTap, ModelSpec, register
+from zoo.weights.download import KerasFiles
 
 BN = dict(epsilon=1e-3, momentum=0.99)
 # residual blocks with a projection: (sepconv1 filters, sepconv2 filters, ReLU first)
@@ -181,4 +182,11 @@ register(ModelSpec(
     groups=(("stem", r"^stem/"), ("stage1", r"^stage1/"), ("stage2", r"^stage2/"),
             ("stage3", r"^stage3/"), ("head", r"^head/")),
     description="Xception: entry, middle (8 blocks) and exit flows of separable convs",
+    keras_names=keras_names,
+    weights=KerasFiles("xception/xception", "0a58e3b7378bc2990ea3b43d5981f1f6",
+                       "b0042744bf5b25fce3cb969f33bebb97"),
+    # the entry flow's blocks each halve the size: its first two are the stride 4 and 8 taps
+    feature_taps=(FeatureTap("stem", 2, 64), FeatureTap("stage1/block1", 4, 128),
+                  FeatureTap("stage1/block2", 8, 256), FeatureTap("stage2", 16, 728),
+                  FeatureTap("stage3", 32, 2048)),
 ))

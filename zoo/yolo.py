@@ -4,8 +4,9 @@
 - ``yolov3_tiny``: ``yolov3-tiny.cfg``: 7 convs and max-pools, two scales, 6 anchors.
 - ``yolov1``: the 2015 paper's network (Figure 3): 24 convs, 2 dense layers, 7x7x30.
 - ``yolo_<backbone>`` (``yolo_resnet50``, ...): YOLOv3's neck and head on a zoo
-  backbone, fed by its ``stage{i}`` outputs at strides 8 and 16 and its last feature map
-  (stride 32). ``yolov3`` itself is exactly this on ``darknet53``.
+  backbone, fed by the feature taps of its spec at strides 32, 16 and 8
+  (``zoo.spec(backbone).feature_info()``). ``yolov3`` itself is exactly this on
+  ``darknet53``. :func:`register_backbone` adds one for any registered backbone.
 
 Outputs. A YOLOv3-style model returns a tuple with one array per scale, coarsest
 (stride 32) first as in Darknet, each ``(N, H/s, W/s, A, 5 + C)``: raw ``tx, ty, tw, th``,
@@ -26,18 +27,20 @@ Layout: ``backbone/...`` (Darknet-53: ``stem``, ``stage{i}/downsample``,
 from __future__ import annotations
 
 import functools
-import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from zoo import layers
+from zoo import layers, mobilenet, resnet  # noqa: F401  (mobilenet, resnet: the yolo_ backbones)
 from zoo.darknet import DARKNET_NORM, ConvBN, darknet_groups
-from zoo.registry import ModelSpec, list_models, register, spec
+from zoo.features import tap_outputs
+from zoo.registry import FeatureTap, ModelSpec, register, spec
 
 Anchors = tuple[tuple[tuple[float, float], ...], ...]
+STRIDES = (32, 16, 8)  # of the scales, coarsest first as in Darknet
 
 # Darknet's COCO anchors (pixels at 416), grouped per output scale, coarsest first.
 YOLOV3_ANCHORS: Anchors = (((116, 90), (156, 198), (373, 326)),
@@ -132,28 +135,14 @@ class Head(nn.Module):
         return tuple(outs)
 
 
-def stage_features(backbone: nn.Module, x: jax.Array, train: bool,
-                   strides: tuple[int, ...]) -> list[jax.Array]:
-    """The backbone's features at ``strides`` (coarsest first): its last output, then the
-    output of the last ``stage{i}`` module at each finer stride (captured by interception)."""
-    captured = []
-
-    def grab(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        m = context.module
-        if (context.method_name == "__call__" and m.path[:-1] == backbone.path
-                and re.fullmatch(r"stage\d+", m.name or "")):
-            captured.append(out)
-        return out
-
-    with nn.intercept_methods(grab):
-        last = backbone(x, train=train)
-    by_stride = {x.shape[1] // f.shape[1]: f for f in captured}  # later stages win
-    by_stride[x.shape[1] // last.shape[1]] = last
+def backbone_taps(backbone: str, taps: Sequence[FeatureTap],
+                  strides: Sequence[int]) -> list[FeatureTap]:
+    """The taps of registered model ``backbone`` at ``strides``, in that order."""
+    by_stride = {t.stride: t for t in taps}
     missing = [s for s in strides if s not in by_stride]
-    if missing or x.shape[1] // last.shape[1] != strides[0]:
-        raise ValueError(f"backbone {backbone.name}: needs stage outputs at strides {strides} "
-                         f"(the last one as its output); has {sorted(by_stride)}")
+    if missing:
+        raise ValueError(f"backbone {backbone}: YOLO needs feature taps at strides "
+                         f"{tuple(strides)}; its spec has {sorted(by_stride)}")
     return [by_stride[s] for s in strides]
 
 
@@ -188,7 +177,9 @@ class YOLO(nn.Module):
         net = spec(self.backbone).builder(include_top=False, num_classes=None,
                                           in_channels=self.in_channels, dtype=self.dtype,
                                           name="backbone", **extra)
-        feats = stage_features(net, x, train, (32, 16, 8)[: len(self.widths)])
+        taps = backbone_taps(self.backbone, spec(self.backbone).feature_info(net),
+                             STRIDES[: len(self.widths)])
+        feats = tap_outputs(net, taps, x, train=train)
         if not self.include_top:
             return tuple(feats)
         outs = Neck(self.widths, self.dtype, self.bn_momentum, name="neck")(feats, train)
@@ -377,19 +368,12 @@ register(ModelSpec(
     description="YOLOv1: 24 convs, 2 dense layers, 7x7 grid x 2 boxes, 20 classes (VOC)",
 ))
 
-# Backbones for ``yolo_<name>``: feature channels at strides 32, 16, 8 (of the last
-# stage at each stride; at 32 the backbone's include_top=False output).
-BACKBONE_CHANNELS = {
-    "resnet18": (512, 256, 128),
-    "resnet50": (2048, 1024, 512),
-    "mobilenetv2": (1280, 96, 32),
-}
-
-
-def register_backbone(backbone: str, channels: tuple[int, int, int]) -> ModelSpec:
-    """Register ``yolo_<backbone>``: YOLOv3's neck and head on a registered zoo backbone."""
+def register_backbone(backbone: str) -> ModelSpec:
+    """Register ``yolo_<backbone>``: YOLOv3's neck and head on registered model ``backbone``,
+    fed by its spec's feature taps at strides 32, 16 and 8 (at its default width)."""
     b = spec(backbone)
-    top = (channels[0] + 1) * b.num_classes  # the backbone's Dense classifier
+    channels = tuple(t.channels for t in backbone_taps(backbone, b.feature_info(), STRIDES))
+    top = (channels[0] + 1) * b.num_classes  # the backbone's classifier: a Dense on stride 32
     count = b.reference_params - top + neck_head_count(
         channels, (512, 256, 128), YOLOV3_ANCHORS, 80, bn_stats=b.counts_batch_stats)
     for _, rx in b.groups:
@@ -404,10 +388,10 @@ def register_backbone(backbone: str, channels: tuple[int, int, int]) -> ModelSpe
         num_classes=80,
         groups=(*((g, "^backbone/" + rx[1:]) for g, rx in b.groups if g != "head"),
                 ("neck", "^neck/"), ("head", "^head/")),
-        description=f"YOLOv3 neck and head on {backbone}'s stride 8/16/32 stage outputs",
+        description=f"YOLOv3 neck and head on {backbone}'s stride 8/16/32 feature taps",
     ))
 
 
-for _backbone, _channels in BACKBONE_CHANNELS.items():
-    if _backbone in list_models():  # families register in zoo/__init__ before yolo
-        register_backbone(_backbone, _channels)
+# The backbones are imported above: registered whatever order the zoo imports families in.
+for _backbone in ("resnet18", "resnet50", "mobilenetv2"):
+    register_backbone(_backbone)
