@@ -89,7 +89,7 @@ class ModelSpec:
       feature_taps: the feature maps the model exposes (:class:`FeatureTap`), one per
         stride, finest first: the last module output at each stride. A tuple, or a
         function of the model where options change the channels (see
-        :meth:`feature_info`). ``features_only``, detection necks and Grad-CAM read them.
+        :meth:`feature_info`). ``features_only`` and detection necks (YOLO) read them.
     """
 
     name: str
