@@ -10,10 +10,11 @@ import reference as R
 from flax import linen as nn
 
 from zoo import layers
+from zoo.backend.conv import normalize_padding
 
 
 def xla_conv(x, w, stride, padding):
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), layers._padding(padding),
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), normalize_padding(padding),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 

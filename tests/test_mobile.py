@@ -7,6 +7,9 @@ MobileNetV2-0.35 weights file in ``../shared/weights`` when it is there.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -18,8 +21,8 @@ from flax import linen as nn
 from test_parity import assert_logits_match
 
 import zoo
-from zoo.backend import conv
 from zoo import layers, mobilenet, xception
+from zoo.backend import conv, options
 from zoo.weights import convert
 
 V1_ALPHAS = (0.25, 0.5, 0.75, 1.0)
@@ -304,7 +307,7 @@ def test_formulation_choice_and_overrides(monkeypatch):
     assert set(table) == set(conv.KINDS) and all(table[k] in conv.FORMS[k] for k in table)
     if jax.default_backend() == "cpu":
         assert table == {"pointwise": "matmul", "spatial": "mixed", "depthwise": "matmul",
-                         "maxpool": "matmul"}
+                         "maxpool": "matmul", "avgpool": "matmul"}
     assert conv.formulation("depthwise") == table["depthwise"]
     assert conv.formulation("depthwise", "xla") == "xla"  # a layer's impl wins
     monkeypatch.setenv("ZOO_CONV_IMPL", "xla")
@@ -332,21 +335,47 @@ def test_compiler_options_table_env_and_unknown_options(monkeypatch):
     """The backend's options, ``{}`` under ZOO_COMPILER_OPTIONS=none, and a warning plus
     ``{}`` (never a compile error later) for options this jaxlib does not know."""
     monkeypatch.delenv("ZOO_COMPILER_OPTIONS", raising=False)
-    cpu = conv.compiler_options("cpu")
-    assert cpu == conv.COMPILER_OPTIONS["cpu"], (
-        "this jaxlib rejects the CPU compiler options: update conv.COMPILER_OPTIONS")
-    assert zoo.compiler_options() == conv.COMPILER_OPTIONS.get(jax.default_backend(), {})
+    cpu = options.compiler_options("cpu")
+    assert cpu == options.COMPILER_OPTIONS["cpu"], (
+        "this jaxlib rejects the CPU compiler options: update options.COMPILER_OPTIONS")
+    assert zoo.compiler_options() == options.COMPILER_OPTIONS.get(jax.default_backend(), {})
     monkeypatch.setenv("ZOO_COMPILER_OPTIONS", "none")
-    assert conv.compiler_options("cpu") == {}
+    assert options.compiler_options("cpu") == {}
     monkeypatch.setenv("ZOO_COMPILER_OPTIONS", "fast")
     with pytest.raises(ValueError, match="ZOO_COMPILER_OPTIONS='fast'"):
-        conv.compiler_options()
+        options.compiler_options()
     monkeypatch.delenv("ZOO_COMPILER_OPTIONS")
     for bad in ({"xla_cpu_no_such_flag": "1"},
                 {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH"}):
-        monkeypatch.setitem(conv.COMPILER_OPTIONS, "cpu", bad)
+        monkeypatch.setitem(options.COMPILER_OPTIONS, "cpu", bad)
         with pytest.warns(UserWarning, match="does not accept"):
-            assert conv.compiler_options("cpu") == {}
+            assert options.compiler_options("cpu") == {}
+
+
+def _xla_flags_after(code: str, **env: str | None) -> str:
+    """``$XLA_FLAGS`` as a fresh Python process sees it after running ``code`` (``None``
+    removes a variable from its environment)."""
+    env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    code += "; import os; print(os.environ.get('XLA_FLAGS', ''))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip()
+
+
+def test_importing_zoo_first_gives_every_jit_the_compiler_options():
+    """``import zoo`` before JAX starts puts the CPU options in ``$XLA_FLAGS`` (a plain
+    ``jax.jit`` then gets them); not after JAX started, not under ZOO_COMPILER_OPTIONS=none,
+    and a user's own value of the flag is kept."""
+    (key, value), = options.COMPILER_OPTIONS["cpu"].items()
+    flag = f"--{key}={value}"
+    first = _xla_flags_after("import zoo, jax.numpy as jnp; jnp.ones(2).block_until_ready()",
+                             XLA_FLAGS=None, ZOO_COMPILER_OPTIONS=None)
+    assert first == flag
+    assert _xla_flags_after("import jax.numpy as jnp; jnp.ones(2).block_until_ready(); "
+                            "import zoo", XLA_FLAGS=None, ZOO_COMPILER_OPTIONS=None) == ""
+    assert _xla_flags_after("import zoo", XLA_FLAGS=None, ZOO_COMPILER_OPTIONS="none") == ""
+    own = f"--{key}=LIBRARY_FUSION_TYPE_REDUCE"
+    assert _xla_flags_after("import zoo", XLA_FLAGS=own, ZOO_COMPILER_OPTIONS=None) == own
 
 
 def test_compiled_with_the_compiler_options_is_the_same_function():
@@ -363,7 +392,7 @@ def test_compiled_with_the_compiler_options_is_the_same_function():
 
     f = jax.value_and_grad(loss)
     ref = jax.jit(f)(v["params"])
-    out = jax.jit(f, compiler_options=conv.compiler_options())(v["params"])
+    out = jax.jit(f, compiler_options=options.compiler_options())(v["params"])
     scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
                  out, ref)

@@ -38,30 +38,24 @@ class DenseLayer(nn.Module):
     def __call__(self, x, train: bool):
         conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype)
         bn = functools.partial(layers.batch_norm, dtype=self.dtype, **KERAS_BN)
-        y = nn.relu(bn(name="bn1")(x, use_running_average=not train))
+        y = bn(name="bn1", act=nn.relu)(x, use_running_average=not train)
         y = conv(4 * self.growth_rate, 1, name="conv1")(y)
-        y = nn.relu(bn(name="bn2")(y, use_running_average=not train))
+        y = bn(name="bn2", act=nn.relu)(y, use_running_average=not train)
         y = conv(self.growth_rate, 3, padding="SAME", name="conv2")(y)
         return jnp.concatenate([x, y], axis=-1)
 
 
 class Transition(nn.Module):
-    """BN-ReLU, a 1x1 conv that halves the channels, 2x2 average pooling.
-
-    The pooling runs before the convolution: both are linear and the conv has no bias, so
-    the result is the same (to float rounding) for a quarter of the conv's work.
-    """
+    """BN-ReLU, a 1x1 conv that halves the channels, 2x2 average pooling."""
 
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = layers.batch_norm(name="bn", dtype=self.dtype, **KERAS_BN)(
-            x, use_running_average=not train
-        )
-        x = nn.relu(x)
-        x = layers.avg_pool(x, 2, 2)
-        return layers.Conv(x.shape[-1] // 2, 1, use_bias=False, dtype=self.dtype, name="conv")(x)
+        x = layers.batch_norm(name="bn", dtype=self.dtype, act=nn.relu, **KERAS_BN)(
+            x, use_running_average=not train)
+        x = layers.Conv(x.shape[-1] // 2, 1, use_bias=False, dtype=self.dtype, name="conv")(x)
+        return layers.avg_pool(x, 2, 2)
 
 
 class Stage(nn.Module):
@@ -84,13 +78,11 @@ class Stem(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         x = layers.Conv(64, 7, 2, padding=3, use_bias=False, dtype=self.dtype, name="conv")(x)
-        x = layers.batch_norm(name="bn", dtype=self.dtype, **KERAS_BN)(
-            x, use_running_average=not train, defer=True
-        )
+        x = layers.batch_norm(name="bn", dtype=self.dtype, act=nn.relu, **KERAS_BN)(
+            x, use_running_average=not train)
         # Keras: ZeroPadding2D then a 'valid' pool; after a ReLU the pool's own -inf padding
-        # gives the same maxima without a padded copy. In inference the BN and ReLU may be
-        # deferred (zoo.layers.Deferred): the native max pool applies them as it reads.
-        return layers.max_pool(layers.relu(x), 3, 2, padding=1)
+        # gives the same maxima
+        return layers.max_pool(x, 3, 2, padding=1)
 
 
 class DenseNet(nn.Module):
@@ -113,7 +105,7 @@ class DenseNet(nn.Module):
         for i, n in enumerate(self.blocks, 1):
             x = Stage(n, transition=i < len(self.blocks), dtype=self.dtype,
                       name=f"stage{i}")(x, train)
-        x = nn.relu(bn(name="post_bn")(x, use_running_average=not train))
+        x = bn(name="post_bn", act=nn.relu)(x, use_running_average=not train)
         return layers.pooled_top(x, include_top=self.include_top, pooling=self.pooling,
                                  num_classes=self.num_classes, dtype=self.dtype)
 

@@ -1,19 +1,29 @@
-"""Small building blocks shared by two or more model families.
+"""The building blocks of every model family: convolutions, batch norm, pooling, the top.
 
-Every convolution in the zoo goes through :class:`Conv`, :class:`DepthwiseConv` or
-:class:`SeparableConv` (defined in :mod:`zoo.backend.conv`, re-exported here), so the
-formulation (XLA's native convolution, a matrix product, shifted multiply-adds) is
-chosen in one place, per backend. The parameter layout never depends on the
-formulation, so a checkpoint moves freely between CPU, GPU and TPU.
+Plain Flax modules and functions. Each hands its computation to :mod:`zoo.backend`, which
+picks the formulation for the platform (XLA's own operations on GPU/TPU; matrix products,
+shifted multiply-adds and native kernels on CPU) and fuses across layers where it pays;
+models see only arrays. The parameter layout is Flax's and Keras', whatever the
+formulation, so a checkpoint moves freely between CPU, GPU and TPU:
 
-Batch normalisation is always called with ``use_running_average`` as a *call*
-argument (never a module attribute), so the trainer can run frozen parts in
-inference mode by intercepting the call, without the models knowing about freezing.
+- :class:`Conv`: ``kernel`` HWIO ``(kh, kw, in / groups, out)`` and ``bias (out,)``, as
+  :class:`flax.linen.Conv`;
+- :class:`DepthwiseConv`: ``kernel (kh, kw, in, multiplier)`` and ``bias (in * multiplier,)``,
+  the layout of Keras ``DepthwiseConv2D``; output channel ``c * multiplier + m`` comes
+  from input channel ``c`` (TensorFlow's order);
+- :class:`SeparableConv`: submodules ``depthwise`` and ``pointwise`` (Keras
+  ``SeparableConv2D``: the bias, if any, belongs to the pointwise part);
+- :class:`BatchNorm`: :class:`flax.linen.BatchNorm`'s variables, with an optional ``act``
+  applied to its output (timm's ``BatchNormAct2d``).
+
+Batch normalisation is always called with ``use_running_average`` as a *call* argument
+(never a module attribute), so the trainer can run frozen parts in inference mode by
+intercepting the call, without the models knowing about freezing.
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -21,97 +31,149 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from zoo.backend.conv import (  # noqa: F401  (re-exported: every family uses layers.Conv)
-    CONV_IMPLS,
-    Conv,
-    Deferred,
-    DepthwiseConv,
-    Padding,
-    SeparableConv,
-    _pair,
-    _windows,
-    conv_impl,
-    conv_init,
-    defers,
-    formulation,
-    relu,
-    value,
-)
-from zoo.backend.conv import max_pool as _max_pool
-from zoo.backend.conv import normalize_padding as _padding
+from zoo.backend import ops as backend
+from zoo.backend.conv import Padding, normalize_padding
+
+# He-normal (fan_out) for convolutions: what torchvision uses for ResNets; it keeps
+# ReLU networks trainable from scratch. Imported weights overwrite it anyway.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and (biased, two-pass) variance over N, H, W, in float32 or wider."""
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axes)
-    return mean, jnp.mean(jnp.square(x - mean), axes)
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair, got {v!r}")
+    return v  # type: ignore[return-value]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def normalize_batch(x, scale, bias, epsilon: float):
-    """Training-mode batch normalisation over all axes but the last: ``(y, mean, var)``.
+class Conv(nn.Module):
+    """2-D convolution over NHWC input; parameters laid out as :class:`flax.linen.Conv`.
 
-    The same numbers as :class:`flax.linen.BatchNorm` (two-pass variance), with a
-    hand-written gradient: two reductions and one elementwise pass, where autodiff of the
-    forward formula makes XLA:CPU read the activations several more times.
+    ``padding`` is ``'SAME'`` (TensorFlow/Keras semantics: the extra pixel goes at the
+    end at stride 2), ``'VALID'``, an int (symmetric, as in PyTorch) or explicit pairs.
+    ``feature_group_count`` splits input and output channels into groups (ResNeXt).
+    ``impl`` overrides the backend's formulation for this layer (``xla`` or ``matmul``).
     """
-    mean, var = _moments(x)
-    y = (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
-    return y, mean, var
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    dilation: int | Sequence[int] = 1
+    feature_group_count: int = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = conv_init
+    bias_init: Any = nn.initializers.zeros
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = _pair(self.kernel_size)
+        groups = self.feature_group_count
+        if x.shape[-1] % groups or self.features % groups:
+            raise ValueError(f"{self.name}: {x.shape[-1]} input and {self.features} output "
+                             f"channels do not split into {groups} groups")
+        kernel = self.param("kernel", self.kernel_init,
+                            (kh, kw, x.shape[-1] // groups, self.features), self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = backend.conv(x, kernel, _pair(self.strides), self.padding, _pair(self.dilation),
+                         groups, self.impl)
+        return y if bias is None else y + bias
 
 
-def _normalize_fwd(x, scale, bias, epsilon):
-    y, mean, var = normalize_batch(x, scale, bias, epsilon)
-    return (y, mean, var), (x, mean, jax.lax.rsqrt(var + epsilon), scale, bias)
+class DepthwiseConv(nn.Module):
+    """Depthwise 2-D convolution (Keras ``DepthwiseConv2D``), kernel ``(kh, kw, in, multiplier)``.
+
+    Padding, strides and dilation as in :class:`Conv`; ``impl`` overrides the formulation.
+    """
+
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Padding = "SAME"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    dilation: int | Sequence[int] = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = conv_init
+    bias_init: Any = nn.initializers.zeros
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = _pair(self.kernel_size)
+        c, m = x.shape[-1], self.depth_multiplier
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, c, m), self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (c * m,), self.param_dtype)
+                if self.use_bias else None)
+        dtype = nn.dtypes.canonicalize_dtype(x, kernel, bias, dtype=self.dtype)
+        # x itself (not a converted copy) when it has the dtype: the backend may know it
+        x = x if x.dtype == dtype else x.astype(dtype)
+        y = backend.depthwise_conv(x, kernel.astype(dtype), _pair(self.strides), self.padding,
+                                   _pair(self.dilation), self.impl)
+        return y if bias is None else y + bias.astype(dtype)
 
 
-def _normalize_bwd(epsilon, res, cts):
-    x, mean, rstd, scale, bias = res
-    dy, dmean, dvar = cts
-    n = x.size // x.shape[-1]
-    axes = tuple(range(x.ndim - 1))
-    xc = x.astype(mean.dtype) - mean
-    dy32 = dy.astype(mean.dtype)
-    dbias = jnp.sum(dy32, axes)
-    dscale = jnp.sum(dy32 * xc, axes) * rstd  # sum(dy * xhat)
-    dx = (scale * rstd) * (dy32 - (dbias + xc * rstd * dscale) / n)
-    dx = dx + (dmean + 2 * dvar * xc) / n  # the batch statistics' own cotangents
-    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+class SeparableConv(nn.Module):
+    """Keras ``SeparableConv2D``: a :class:`DepthwiseConv` then a 1x1 :class:`Conv`."""
 
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Padding = "SAME"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    dilation: int | Sequence[int] = 1
+    dtype: Any = None
+    impl: str | None = None
 
-normalize_batch.defvjp(_normalize_fwd, _normalize_bwd)
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = DepthwiseConv(self.kernel_size, self.strides, self.padding, self.depth_multiplier,
+                          use_bias=False, dilation=self.dilation, dtype=self.dtype,
+                          impl=self.impl, name="depthwise")(x)
+        return Conv(self.features, 1, use_bias=self.use_bias, dtype=self.dtype, impl=self.impl,
+                    name="pointwise")(x)
 
 
 class BatchNorm(nn.BatchNorm):
     """:class:`flax.linen.BatchNorm` (same variables; the numbers of
-    ``use_fast_variance=False``) whose training-mode pass has a hand-written gradient
-    (:func:`normalize_batch`) for the last feature axis. Inference mode, masks,
-    cross-device ``axis_name`` and other axes use Flax's own code. Being a custom VJP,
-    the training-mode pass supports reverse-mode differentiation only (``jax.grad``,
-    not ``jax.jvp``), as the zoo's other custom-gradient layers."""
+    ``use_fast_variance=False``), then ``act`` if given (e.g. ``nn.relu``, ``nn.relu6``).
+
+    Training mode over the last axis has a hand-written gradient
+    (:func:`zoo.backend.normalize_batch`: reverse-mode only, as the zoo's other
+    custom-gradient layers); inference mode is Flax's own, and the backend may apply it
+    (with a ReLU or ReLU6 ``act``) inside the layer that reads the output.
+    """
+
+    act: Callable[[jax.Array], jax.Array] | None = None
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool | None = None, *, mask=None,
-                 defer: bool = False):
-        """``defer=True``: in inference mode, where :func:`zoo.backend.conv.defers` says so, return a
-        :class:`zoo.backend.conv.Deferred` (the same numbers, computed by the layer that reads it:
-        a depthwise conv or a max pool; pass it to nothing else)."""
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average)
         last = self.axis in (-1, x.ndim - 1)
-        if use_running_average and defer and mask is None and last and defers(x):
-            return self._deferred(x)
         if use_running_average or mask is not None or self.axis_name is not None or not last:
-            return super().__call__(x, use_running_average, mask=mask)
+            y = super().__call__(x, use_running_average, mask=mask)
+            if use_running_average and mask is None and last:
+                return self._remembered(x, self._activate(y))
+            return self._activate(y)
         ra_mean, ra_var, scale, bias = self._variables(x.shape[-1])
-        y, mean, var = normalize_batch(x, scale, bias, self.epsilon)
+        y, mean, var = backend.normalize_batch(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         args = [x] + ([scale] if self.use_scale else []) + ([bias] if self.use_bias else [])
-        return y.astype(nn.dtypes.canonicalize_dtype(*args, dtype=self.dtype))
+        return self._activate(y.astype(nn.dtypes.canonicalize_dtype(*args, dtype=self.dtype)))
+
+    def _activate(self, y: jax.Array) -> jax.Array:
+        return y if self.act is None else self.act(y)
 
     def _variables(self, c: int):
         """The running statistics and (or the neutral) scale and bias, as Flax's."""
@@ -123,28 +185,26 @@ class BatchNorm(nn.BatchNorm):
                 if self.use_bias else jnp.zeros((c,), jnp.float32))
         return ra_mean, ra_var, scale, bias
 
-    def _deferred(self, x) -> jax.Array | Deferred:
-        """Flax's inference formula, (x - mean) * (rsqrt(var + eps) * scale) + bias, deferred
-        (or computed, when parameters of another dtype would change the result's)."""
-        ra_mean, ra_var, scale, bias = self._variables(x.shape[-1])
-        args = [x] + ([scale] if self.use_scale else []) + ([bias] if self.use_bias else [])
-        mul = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
-        d = Deferred(x, ra_mean.value, mul, bias)
-        if nn.dtypes.canonicalize_dtype(*args, dtype=self.dtype) != x.dtype or any(
-                v.dtype != x.dtype for v in (d.center, d.scale, d.shift)):
-            return d.value().astype(nn.dtypes.canonicalize_dtype(*args, dtype=self.dtype))
-        return d
+    def _remembered(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        """``y``, with the backend told how it was computed (Flax's inference formula)."""
+        c = x.shape[-1]
+        mean, var = (self.get_variable("batch_stats", k) for k in ("mean", "var"))
+        scale = self.get_variable("params", "scale") if self.use_scale else jnp.ones((c,))
+        bias = self.get_variable("params", "bias") if self.use_bias else jnp.zeros((c,))
+        mul = jax.lax.rsqrt(var + self.epsilon) * scale
+        return backend.remember_activation(y, x, mean, mul, bias, self.act)
 
 
-def batch_norm(*, epsilon: float, momentum: float, dtype: Any, name: str, scale: bool = True):
-    """BatchNorm with explicit epsilon and momentum (Keras meaning of momentum).
+def batch_norm(*, epsilon: float, momentum: float, dtype: Any, name: str, scale: bool = True,
+               act: Callable[[jax.Array], jax.Array] | None = None) -> BatchNorm:
+    """BatchNorm with explicit epsilon and momentum (Keras meaning of momentum), then ``act``.
 
     Call it as ``bn(x, use_running_average=not train)``. PyTorch momentum ``m`` is
     Flax/Keras momentum ``1 - m``.
     """
     return BatchNorm(
         epsilon=epsilon, momentum=momentum, dtype=dtype, use_scale=scale, name=name,
-        use_fast_variance=False,
+        use_fast_variance=False, act=act,
     )
 
 
@@ -155,11 +215,9 @@ def pad(x: jax.Array, p: int | tuple[tuple[int, int], tuple[int, int]]) -> jax.A
 
 
 def max_pool(x, window: int, stride: int, padding: Padding = "VALID", ceil_mode: bool = False):
-    """Max pooling. ``ceil_mode`` follows PyTorch (a last, partial window is kept).
-
-    The backend's formulation (:func:`zoo.backend.conv.max_pool`): on CPU its gradient is computed
-    from shifted views, not by XLA's select-and-scatter."""
-    pads = _padding(padding)
+    """Max pooling (padding with -inf; 'SAME' as TensorFlow). ``ceil_mode`` follows PyTorch
+    (a last, partial window is kept)."""
+    pads = normalize_padding(padding)
     if ceil_mode:
         if isinstance(pads, str):
             raise ValueError("ceil_mode needs explicit (int) padding, as in PyTorch")
@@ -167,7 +225,7 @@ def max_pool(x, window: int, stride: int, padding: Padding = "VALID", ceil_mode:
             (lo, hi + _ceil_extra(size, window, stride, lo, hi))
             for size, (lo, hi) in zip(x.shape[1:3], pads, strict=True)
         )
-    return _max_pool(x, window, stride, pads)
+    return backend.max_pool(x, window, stride, pads)
 
 
 def _ceil_extra(size: int, k: int, s: int, lo: int, hi: int) -> int:
@@ -180,21 +238,8 @@ def _ceil_extra(size: int, k: int, s: int, lo: int, hi: int) -> int:
 
 
 def avg_pool(x, window: int, stride: int, padding: Padding = "VALID") -> jax.Array:
-    """Average pooling as ``flax.linen.avg_pool`` (with 'SAME', padded cells count).
-
-    Non-overlapping 'VALID' windows (``window == stride``) are a sum of strided slices:
-    3x faster than XLA:CPU's ``reduce_window`` or a reshape and mean (DenseNet's
-    transitions, BENCHMARKS.md).
-    """
-    pads = _padding(padding)
-    if window == stride and pads == "VALID":
-        h, w = x.shape[1:3]
-        oh, ow = h // stride, w // stride
-        if oh < 1 or ow < 1:
-            raise ValueError(f"input {(h, w)} is smaller than the pooling window {window}")
-        views = _windows(x, (window, window), (stride, stride), (1, 1), "VALID")
-        return functools.reduce(jnp.add, views) / window**2
-    return nn.avg_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    """Average pooling as ``flax.linen.avg_pool`` (with 'SAME', padded cells count)."""
+    return backend.avg_pool(x, window, stride, padding)
 
 
 def adaptive_avg_pool(x: jax.Array, out_size: int | tuple[int, int]) -> jax.Array:

@@ -45,40 +45,27 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def relu6(x: jax.Array) -> jax.Array:
-    return jnp.minimum(jnp.maximum(x, 0), 6)
-
-
 class DepthwiseSeparable(nn.Module):
-    """v1 block: depthwise 3x3, BN, ReLU6, pointwise 1x1, BN, ReLU6.
-
-    With ``defer`` (the next block follows) the last BN and ReLU6 may come back
-    :class:`zoo.layers.Deferred` in inference: the next depthwise conv applies them as it
-    reads its input (the same numbers); the input may be one."""
+    """v1 block: depthwise 3x3, BN, ReLU6, pointwise 1x1, BN, ReLU6."""
 
     filters: int
     stride: int = 1
     depth_multiplier: int = 1
-    defer: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        bn = functools.partial(layers.batch_norm, dtype=self.dtype, **V1_BN)
+        bn = functools.partial(layers.batch_norm, dtype=self.dtype, act=nn.relu6, **V1_BN)
         pad = "SAME" if self.stride == 1 else ((0, 1), (0, 1))  # ZeroPadding2D + 'valid'
         x = layers.DepthwiseConv(3, self.stride, pad, self.depth_multiplier, use_bias=False,
                                  dtype=self.dtype, name="dw_conv")(x)
-        x = relu6(bn(name="dw_bn")(x, use_running_average=not train))
+        x = bn(name="dw_bn")(x, use_running_average=not train)
         x = layers.Conv(self.filters, 1, use_bias=False, dtype=self.dtype, name="pw_conv")(x)
-        x = bn(name="pw_bn")(x, use_running_average=not train, defer=self.defer)
-        return layers.relu(x, 6)
+        return bn(name="pw_bn")(x, use_running_average=not train)
 
 
 class InvertedResidual(nn.Module):
-    """v2 block: (1x1 expansion, BN, ReLU6), depthwise 3x3, BN, ReLU6, 1x1 projection, BN.
-
-    In inference the expansion's BN and ReLU6 may be :class:`zoo.layers.Deferred` to the
-    depthwise conv, which applies them as it reads its input (the same numbers)."""
+    """v2 block: (1x1 expansion, BN, ReLU6), depthwise 3x3, BN, ReLU6, 1x1 projection, BN."""
 
     expansion: int
     filters: int
@@ -93,10 +80,10 @@ class InvertedResidual(nn.Module):
         y = x
         if self.expansion != 1:  # Keras: every block but the first ("expanded_conv")
             y = conv(self.expansion * x.shape[-1], name="expand_conv")(y)
-            y = layers.relu(bn(name="expand_bn")(y, use_running_average=ura, defer=True), 6)
+            y = bn(name="expand_bn", act=nn.relu6)(y, use_running_average=ura)
         y = layers.DepthwiseConv(3, self.stride, "SAME", use_bias=False, dtype=self.dtype,
                                  name="dw_conv")(y)
-        y = relu6(bn(name="dw_bn")(y, use_running_average=ura))
+        y = bn(name="dw_bn", act=nn.relu6)(y, use_running_average=ura)
         y = conv(self.filters, name="pw_conv")(y)
         y = bn(name="pw_bn")(y, use_running_average=ura)
         return x + y if self.stride == 1 and x.shape[-1] == self.filters else y
@@ -174,8 +161,8 @@ class ConvBN(nn.Module):
     def __call__(self, x, train: bool):
         x = layers.Conv(self.filters, self.kernel, self.stride, "SAME", use_bias=False,
                         dtype=self.dtype, name="conv")(x)
-        bn = layers.batch_norm(name="bn", dtype=self.dtype, **self.bn)
-        return relu6(bn(x, use_running_average=not train))
+        bn = layers.batch_norm(name="bn", dtype=self.dtype, act=nn.relu6, **self.bn)
+        return bn(x, use_running_average=not train)
 
 
 class Stage(nn.Module):
@@ -188,12 +175,8 @@ class Stage(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         for j, kwargs in enumerate(self.blocks, 1):
-            if self.version == "v1":  # a v1 block's output may be deferred to the next one
-                block = DepthwiseSeparable(**kwargs, defer=j < len(self.blocks),
-                                           dtype=self.dtype, name=f"block{j}")
-            else:
-                block = InvertedResidual(**kwargs, dtype=self.dtype, name=f"block{j}")
-            x = block(x, train)
+            block = DepthwiseSeparable if self.version == "v1" else InvertedResidual
+            x = block(**kwargs, dtype=self.dtype, name=f"block{j}")(x, train)
         return x
 
 

@@ -46,9 +46,9 @@ class BottleneckV1(nn.Module):
             shortcut = conv(4 * self.filters, 1, self.stride, name="shortcut_conv")(x)
             shortcut = bn(name="shortcut_bn")(shortcut, use_running_average=ura)
         y = conv(self.filters, 1, self.stride, name="conv1")(x)
-        y = nn.relu(bn(name="bn1")(y, use_running_average=ura))
+        y = bn(name="bn1", act=nn.relu)(y, use_running_average=ura)
         y = conv(self.filters, 3, padding="SAME", name="conv2")(y)
-        y = nn.relu(bn(name="bn2")(y, use_running_average=ura))
+        y = bn(name="bn2", act=nn.relu)(y, use_running_average=ura)
         y = conv(4 * self.filters, 1, name="conv3")(y)
         y = bn(name="bn3")(y, use_running_average=ura)
         return nn.relu(shortcut + y)
@@ -65,16 +65,16 @@ class BottleneckV2(nn.Module):
         conv = functools.partial(layers.Conv, dtype=self.dtype)
         bn = functools.partial(layers.batch_norm, dtype=self.dtype, **KERAS_BN)
         ura = not train
-        preact = nn.relu(bn(name="preact_bn")(x, use_running_average=ura))
+        preact = bn(name="preact_bn", act=nn.relu)(x, use_running_average=ura)
         if self.conv_shortcut:
             shortcut = conv(4 * self.filters, 1, self.stride, name="shortcut_conv")(preact)
         else:  # Keras: MaxPooling2D(1, strides=stride), i.e. subsampling
             shortcut = x[:, :: self.stride, :: self.stride, :]
         y = conv(self.filters, 1, use_bias=False, name="conv1")(preact)
-        y = nn.relu(bn(name="bn1")(y, use_running_average=ura))
+        y = bn(name="bn1", act=nn.relu)(y, use_running_average=ura)
         y = layers.pad(y, 1)
         y = conv(self.filters, 3, self.stride, padding="VALID", use_bias=False, name="conv2")(y)
-        y = nn.relu(bn(name="bn2")(y, use_running_average=ura))
+        y = bn(name="bn2", act=nn.relu)(y, use_running_average=ura)
         y = conv(4 * self.filters, 1, name="conv3")(y)
         return shortcut + y
 
@@ -95,7 +95,7 @@ class BasicBlock(nn.Module):
             shortcut = conv(self.filters, 1, self.stride, padding=0, name="shortcut_conv")(x)
             shortcut = bn(name="shortcut_bn")(shortcut, use_running_average=ura)
         y = conv(self.filters, 3, self.stride, padding=1, name="conv1")(x)
-        y = nn.relu(bn(name="bn1")(y, use_running_average=ura))
+        y = bn(name="bn1", act=nn.relu)(y, use_running_average=ura)
         y = conv(self.filters, 3, padding=1, name="conv2")(y)
         y = bn(name="bn2")(y, use_running_average=ura)
         return nn.relu(shortcut + y)
@@ -139,22 +139,18 @@ class Stem(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        # In inference the BN and ReLU before the pool may be deferred (zoo.layers.Deferred):
-        # the native max pool applies them as it reads its input (the same numbers).
         if self.variant == "basic":
             x = layers.Conv(64, 7, 2, padding=3, use_bias=False, dtype=self.dtype, name="conv")(x)
-            x = layers.batch_norm(name="bn", dtype=self.dtype, **TORCH_BN)(
-                x, use_running_average=not train, defer=True
-            )
-            return layers.max_pool(layers.relu(x), 3, 2, padding=1)
+            x = layers.batch_norm(name="bn", dtype=self.dtype, act=nn.relu, **TORCH_BN)(
+                x, use_running_average=not train)
+            return layers.max_pool(x, 3, 2, padding=1)
         x = layers.Conv(64, 7, 2, padding=3, dtype=self.dtype, name="conv")(x)
         if self.variant == "v1":
-            x = layers.batch_norm(name="bn", dtype=self.dtype, **KERAS_BN)(
-                x, use_running_average=not train, defer=True
-            )
+            x = layers.batch_norm(name="bn", dtype=self.dtype, act=nn.relu, **KERAS_BN)(
+                x, use_running_average=not train)
             # Keras pads with zeros (ZeroPadding2D, then a 'valid' pool); after a ReLU the
-            # pool's own -inf padding gives the same maxima, without a padded copy
-            return layers.max_pool(layers.relu(x), 3, 2, padding=1)
+            # pool's own -inf padding gives the same maxima
+            return layers.max_pool(x, 3, 2, padding=1)
         return layers.max_pool(layers.pad(x, 1), 3, 2)  # Keras: ZeroPadding2D + valid pool
 
 

@@ -33,18 +33,15 @@ EXIT = (728, 1024, True)
 MIDDLE_BLOCKS, MIDDLE_WIDTH = 8, 728
 
 
-def sep_conv_bn(x, filters: int, index: int, train: bool, dtype: Any, relu_first=True,
-                defer=False):
-    """(ReLU), separable 3x3 conv, BN: ``sepconv{index}``, ``sepconv{index}_bn`` of the caller.
+def sep_conv_bn(x, filters: int, index: int, train: bool, dtype: Any, act=None):
+    """Separable 3x3 conv, BN (and ``act``): ``sepconv{index}``, ``sepconv{index}_bn``.
 
-    In inference the ReLU, and with ``defer`` (the result goes only to a separable conv or a
-    max pool) the BN, may come back :class:`zoo.layers.Deferred`: applied by the native
-    depthwise conv or max pool as they read their input (the same numbers)."""
-    if relu_first:
-        x = layers.relu(x, defer=not train)
+    Keras starts each unit with a ReLU; where a unit follows another directly (not after a
+    residual add) that ReLU is written as the previous BN's ``act``: the same layers in
+    the same order."""
     x = layers.SeparableConv(filters, 3, use_bias=False, dtype=dtype, name=f"sepconv{index}")(x)
-    return layers.batch_norm(name=f"sepconv{index}_bn", dtype=dtype, **BN)(
-        x, use_running_average=not train, defer=defer)
+    return layers.batch_norm(name=f"sepconv{index}_bn", dtype=dtype, act=act, **BN)(
+        x, use_running_average=not train)
 
 
 class ProjectionBlock(nn.Module):
@@ -60,8 +57,9 @@ class ProjectionBlock(nn.Module):
                                name="shortcut_conv")(x)
         shortcut = layers.batch_norm(name="shortcut_bn", dtype=self.dtype, **BN)(
             shortcut, use_running_average=not train)
-        y = sep_conv_bn(x, self.filters[0], 1, train, self.dtype, self.relu_first, defer=True)
-        y = sep_conv_bn(y, self.filters[1], 2, train, self.dtype, defer=True)
+        y = nn.relu(x) if self.relu_first else x
+        y = sep_conv_bn(y, self.filters[0], 1, train, self.dtype, act=nn.relu)
+        y = sep_conv_bn(y, self.filters[1], 2, train, self.dtype)
         return layers.max_pool(y, 3, 2, padding="SAME") + shortcut
 
 
@@ -73,9 +71,9 @@ class MiddleBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = x
+        y = nn.relu(x)
         for k in (1, 2, 3):
-            y = sep_conv_bn(y, self.filters, k, train, self.dtype, defer=k < 3)
+            y = sep_conv_bn(y, self.filters, k, train, self.dtype, act=nn.relu if k < 3 else None)
         return x + y
 
 
@@ -86,17 +84,12 @@ class ExitConvs(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = sep_conv_bn(x, 1536, 1, train, self.dtype, relu_first=False, defer=True)
-        x = layers.relu(x)
-        return nn.relu(sep_conv_bn(x, 2048, 2, train, self.dtype, relu_first=False))
+        x = sep_conv_bn(x, 1536, 1, train, self.dtype, act=nn.relu)
+        return sep_conv_bn(x, 2048, 2, train, self.dtype, act=nn.relu)
 
 
 class Stem(nn.Module):
-    """Conv 3x3/2 'valid' (32), BN, ReLU, conv 3x3 'valid' (64), BN, ReLU.
-
-    In inference the last BN and ReLU may come back :class:`zoo.layers.Deferred`: the
-    entry flow's first depthwise conv applies them as it reads them, its 1x1 stride-2
-    shortcut computes them for the pixels it takes (the same numbers)."""
+    """Conv 3x3/2 'valid' (32), BN, ReLU, conv 3x3 'valid' (64), BN, ReLU."""
 
     dtype: Any = jnp.float32
 
@@ -105,9 +98,8 @@ class Stem(nn.Module):
         for k, (filters, stride) in enumerate(((32, 2), (64, 1)), 1):
             x = layers.Conv(filters, 3, stride, "VALID", use_bias=False, dtype=self.dtype,
                             name=f"conv{k}")(x)
-            x = layers.batch_norm(name=f"bn{k}", dtype=self.dtype, **BN)(
-                x, use_running_average=not train, defer=k == 2)
-            x = layers.relu(x)
+            x = layers.batch_norm(name=f"bn{k}", dtype=self.dtype, act=nn.relu, **BN)(
+                x, use_running_average=not train)
         return x
 
 

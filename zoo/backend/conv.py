@@ -62,15 +62,12 @@ between CPU, GPU and TPU:
 from __future__ import annotations
 
 import functools
-import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
-from flax import struct
+import numpy as np
 
 from zoo.backend import native
 from zoo.backend.settings import Setting
@@ -78,27 +75,26 @@ from zoo.backend.settings import Setting
 Padding = str | int | Sequence[tuple[int, int]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
-# He-normal (fan_out) for convolutions: what torchvision uses for ResNets; it keeps
-# ReLU networks trainable from scratch. Imported weights overwrite it anyway.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
 CONV_IMPLS = ("auto", "xla", "matmul")
-KINDS = ("pointwise", "spatial", "depthwise", "maxpool")
+KINDS = ("pointwise", "spatial", "depthwise", "maxpool", "avgpool")
 # the formulations each kind has (the first is XLA's own)
 FORMS: dict[str, tuple[str, ...]] = {
     "pointwise": ("xla", "matmul"), "spatial": ("xla", "matmul", "mixed"),
-    "depthwise": ("xla", "matmul"), "maxpool": ("xla", "matmul"),
+    "depthwise": ("xla", "matmul"), "maxpool": ("xla", "matmul"), "avgpool": ("xla", "matmul"),
 }
 
 # The formulation of each kind per backend, measured (BENCHMARKS.md). Backends not listed
 # use XLA's own operations everywhere but for 1x1 convolutions (the same kernel).
 FORMULATIONS: dict[str, dict[str, str]] = {
     "cpu": {"pointwise": "matmul", "spatial": "mixed", "depthwise": "matmul",
-            "maxpool": "matmul"},
-    "gpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla"},
-    "tpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla"},
+            "maxpool": "matmul", "avgpool": "matmul"},
+    "gpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla",
+            "avgpool": "xla"},
+    "tpu": {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla",
+            "avgpool": "xla"},
 }
-_DEFAULT = {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla"}
+_DEFAULT = {"pointwise": "matmul", "spatial": "xla", "depthwise": "xla", "maxpool": "xla",
+            "avgpool": "xla"}
 
 
 _IMPL = Setting("ZOO_CONV_IMPL", CONV_IMPLS, "auto")
@@ -131,52 +127,6 @@ def formulation(kind: str, impl: str | None = None) -> str:
     if impl != "auto":
         return impl
     return backend_formulations(jax.default_backend())[kind]
-
-
-# XLA compiler options per backend, for every jit that runs a zoo model (``jax.jit(f,
-# compiler_options=compiler_options())``: train.step, scripts.bench). On CPU, YNNPACK
-# keeps the convolutions and reductions and XLA's own (Eigen) kernels take the matrix
-# products: 25-35% faster on Xception's 728-channel products (batch 32: 11552 x 728 x 728
-# at 296 -> 380 GFLOP/s), whole models equal or faster (BENCHMARKS.md: Xception inference
-# 2.7 -> 1.9 s per batch). Without YNNPACK's reductions XLA:CPU's own were 3-10x slower
-# (batch-norm statistics), so only its matrix products are left out.
-COMPILER_OPTIONS: dict[str, dict[str, str]] = {
-    "cpu": {"xla_cpu_experimental_ynn_fusion_type":
-            "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"},
-}
-COMPILER_OPTION_MODES = ("auto", "none")
-
-
-def compiler_options(backend: str | None = None) -> dict[str, str]:
-    """The XLA compiler options to jit a zoo model with on ``backend`` (default: JAX's).
-
-    ``$ZOO_COMPILER_OPTIONS=none`` gives ``{}`` (XLA's defaults); ``auto`` (the default)
-    the backend's entry of :data:`COMPILER_OPTIONS`, if this jaxlib accepts it (the
-    options are experimental XLA flags: one a jaxlib does not know gives a warning and
-    ``{}``, never an error).
-    """
-    mode = os.environ.get("ZOO_COMPILER_OPTIONS", "auto")
-    if mode not in COMPILER_OPTION_MODES:
-        raise ValueError(f"ZOO_COMPILER_OPTIONS={mode!r} is not one of {COMPILER_OPTION_MODES}")
-    backend = backend or jax.default_backend()
-    options = COMPILER_OPTIONS.get(backend, {})
-    if mode == "none" or not options or not _accepted(backend, tuple(sorted(options.items()))):
-        return {}
-    return dict(options)
-
-
-@functools.cache
-def _accepted(backend: str, options: tuple[tuple[str, str], ...]) -> bool:
-    """Whether this jaxlib compiles a function with ``options`` on ``backend``."""
-    try:
-        x = jax.device_put(jnp.zeros((), jnp.float32), jax.local_devices(backend=backend)[0])
-        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(x).compile()
-    except Exception as e:  # XLA reports an unknown option or value as a runtime error
-        warnings.warn(f"this jaxlib does not accept the zoo's {backend} compiler options "
-                      f"{dict(options)} ({str(e).splitlines()[0]}); using XLA's defaults",
-                      stacklevel=3)
-        return False
-    return True
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -782,19 +732,14 @@ def _first_max_grad_1d(x, y, dy, k, s, pad, axis) -> jax.Array:
 shift_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool(x: jax.Array | Deferred, window: int | Sequence[int],
-             strides: int | Sequence[int], padding: Padding = "VALID",
-             impl: str | None = None) -> jax.Array:
-    """Max pooling (padding with -inf, 'SAME' as TensorFlow) in the backend's formulation;
-    of a :class:`Deferred` activation applied as the native kernel reads the input."""
+def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int],
+             padding: Padding = "VALID", impl: str | None = None) -> jax.Array:
+    """Max pooling (padding with -inf, 'SAME' as TensorFlow) in the backend's formulation."""
     window, strides = _pair(window), _pair(strides)
     pads = explicit_pads(x.shape[1:3], window, strides, (1, 1), normalize_padding(padding))
     if formulation("maxpool", impl) != "matmul":
-        return xla_max_pool(value(x), window, strides, pads)
-    if isinstance(x, Deferred) and _native_float32(x.x):
-        return _deferred_max_pool((x.x, x.center, x.scale, x.shift), (x.lo, x.hi), window,
-                                  strides, pads)
-    return shift_max_pool(value(x), window, strides, pads)
+        return xla_max_pool(x, window, strides, pads)
+    return shift_max_pool(x, window, strides, pads)
 
 
 def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
@@ -836,7 +781,8 @@ def _shift_views_forward(x, kernel, strides, padding, dilation) -> jax.Array:
 def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:
     """d(loss)/d(kernel): per tap, the sum over batch and space of window * dy.
 
-    On the CPU (multiplier 1, float32) the native kernel :func:`zoo.backend.native.depthwise_kernel_grad`:
+    On the CPU (multiplier 1, float32) the native kernel
+    :func:`zoo.backend.native.depthwise_kernel_grad`:
     one pass for all taps, 4-10x faster than XLA's reductions. Otherwise, and on other
     backends, one image at a time (``lax.map``), all kh*kw taps of it in one pass: an
     image's windows stay in cache, where all images at once would make XLA:CPU materialise
@@ -891,273 +837,56 @@ shift_depthwise = _with_kernel_grad(
     _shift_input_grad)
 
 
-# ---- deferred activations ---------------------------------------------------------------
+def sum_pool(x: jax.Array, window: int) -> jax.Array:
+    """The sums over non-overlapping ``window`` x ``window`` cells ('VALID'), as strided adds."""
+    h, w = x.shape[1:3]
+    if h < window or w < window:
+        raise ValueError(f"input {(h, w)} is smaller than the pooling window {window}")
+    views = _windows(x, (window, window), (window, window), (1, 1), "VALID")
+    return functools.reduce(jnp.add, views)
 
 
-@struct.dataclass
-class Deferred:
-    """``clip((x - center) * scale + shift, lo, hi)``, not computed yet: an inference batch
-    norm (``center`` its running mean, ``scale`` its ``gamma / sqrt(var + eps)``, ``shift``
-    its ``beta``) and a ReLU (``lo=0``) or ReLU6 (``hi=6``), handed to the layer that reads
-    them. A depthwise conv or a max pool on the native CPU kernels applies it to each value
-    as it reads ``x``, so the activated tensor is never written to memory (an elementwise
-    pass less per layer: Xception, the MobileNets, BENCHMARKS.md "Session 9"); any other
-    consumer calls :meth:`value`, which XLA fuses as it did the unfused layers. The numbers
-    are the unfused layers' (the same operations in the same order; equal to float32
-    rounding in the tests, bit for bit in most).
+def avg_pool(x: jax.Array, window: int, stride: int, padding: Padding = "VALID",
+             impl: str | None = None) -> jax.Array:
+    """Average pooling, padded cells counted (``flax.linen.avg_pool``'s default).
 
-    Made by ``layers.BatchNorm(..., defer=True)`` and :func:`relu` when :func:`defers` says
-    so (float32 on the CPU, native kernels available); gradients flow through it (custom
-    VJPs of the fused layers: fine-tuning through a frozen batch norm).
-    """
-
-    x: jax.Array
-    center: jax.Array
-    scale: jax.Array
-    shift: jax.Array
-    lo: float = struct.field(pytree_node=False, default=-float("inf"))
-    hi: float = struct.field(pytree_node=False, default=float("inf"))
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.x.shape
-
-    @property
-    def dtype(self):
-        return self.x.dtype
-
-    def value(self) -> jax.Array:
-        """The activation, computed (by XLA)."""
-        return _activate(self.x, self.center, self.scale, self.shift, (self.lo, self.hi))
-
-    def clip(self, lo: float, hi: float) -> Deferred | jax.Array:
-        """Followed by ``clip(., lo, hi)`` (still deferred when the ranges overlap)."""
-        if max(self.lo, lo) > min(self.hi, hi):  # one constant: computed
-            return _activate(self.value(), 0.0, 1.0, 0.0, (lo, hi))
-        return self.replace(lo=max(self.lo, lo), hi=min(self.hi, hi))
+    ``matmul`` (the CPU): non-overlapping 'VALID' windows as a sum of strided slices, 3x
+    faster than XLA:CPU's ``reduce_window`` or a reshape and mean (BENCHMARKS.md)."""
+    pads = normalize_padding(padding)
+    if formulation("avgpool", impl) == "matmul" and window == stride and pads == "VALID":
+        return sum_pool(x, window) / window**2
+    if not isinstance(pads, str):
+        pads = ((0, 0), *pads, (0, 0))
+    total = jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, (1, window, window, 1),
+                                  (1, stride, stride, 1), pads)
+    return total / window**2
 
 
-def _activate(x, center, scale, shift, bounds: tuple[float, float]) -> jax.Array:
-    # Flax's inference batch norm, (x - mean) * mul + bias, then ReLU's max and ReLU6's min
-    y = (x - center) * scale + shift
-    lo, hi = bounds
-    if lo > -float("inf"):
-        y = jnp.maximum(y, lo)
-    if hi < float("inf"):
-        y = jnp.minimum(y, hi)
-    return y
+def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SAME",
+         dilation=(1, 1), groups: int = 1, impl: str | None = None) -> jax.Array:
+    """A convolution of NHWC ``x`` by an HWIO ``kernel`` (``I = in / groups``) in the backend's
+    formulation: ``pointwise`` for 1x1 kernels, ``spatial`` for the others; grouped
+    convolutions (``1 < groups``) are XLA's."""
+    strides, dilation = _pair(strides), _pair(dilation)
+    padding = normalize_padding(padding)
+    if groups != 1:
+        return xla_conv(x, kernel, strides, padding, dilation, groups)
+    kind = "pointwise" if kernel.shape[:2] == (1, 1) else "spatial"
+    form = formulation(kind, impl)
+    if form == "matmul":
+        return matmul_conv(x, kernel, strides, padding, dilation)
+    if form == "mixed":
+        return mixed_conv(x, kernel, strides, padding, dilation)
+    return xla_conv(x, kernel, strides, padding, dilation)
 
 
-def defers(x: jax.Array) -> bool:
-    """Whether an activation of ``x`` is best left :class:`Deferred` to a depthwise conv or
-    max pool: float32, the backend's depthwise formulation shifted multiply-adds (the CPU;
-    not under ``use_impl("xla")``, which ``viz`` traces) and the native kernels available."""
-    return (not isinstance(x, Deferred) and x.dtype == jnp.float32
-            and formulation("depthwise") == "matmul" and native.available())
-
-
-def relu(x: jax.Array | Deferred, max_value: float | None = None, *,
-         defer: bool = False) -> jax.Array | Deferred:
-    """ReLU (ReLU6 with ``max_value=6``). Of a :class:`Deferred` value: still deferred; with
-    ``defer`` (the result goes only to a depthwise conv or a max pool), where :func:`defers`
-    says so, itself deferred to the layer that reads it."""
-    hi = float("inf") if max_value is None else float(max_value)
-    if isinstance(x, Deferred):
-        return x.clip(0.0, hi)
-    if defer and defers(x):
-        c = x.shape[-1]
-        zeros = jnp.zeros((c,), x.dtype)
-        return Deferred(x, zeros, jnp.ones((c,), x.dtype), zeros, 0.0, hi)
-    if max_value is None:
-        return jax.nn.relu(x)  # its gradient at 0 is 0, as the models always had
-    return jnp.minimum(jnp.maximum(x, 0), max_value)
-
-
-def value(x: jax.Array | Deferred) -> jax.Array:
-    """``x`` itself, or a :class:`Deferred` activation computed."""
-    return x.value() if isinstance(x, Deferred) else x
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _deferred_depthwise(operands, bounds, strides, pads, dilation) -> jax.Array:
-    """A depthwise conv (multiplier 1) of ``Deferred(x, center, scale, shift, *bounds)``,
-    ``operands = (x, center, scale, shift, kernel)``: the native kernel activates each
-    input row as it reads it; other backends compute the activation first."""
-    x, center, scale, shift, kernel = operands
-    kh, kw, c, _ = kernel.shape
-
-    def by_native(x, center, scale, shift, k):
-        act = native.Act(center, scale, shift, *bounds)
-        return native.depthwise_conv(x, k.reshape(kh, kw, c), strides, dilation, pads, act)
-
-    def by_xla(x, center, scale, shift, k):
-        a = _activate(x, center, scale, shift, bounds)
-        return _shift_views_forward(a, k, strides, pads, dilation)
-
-    return jax.lax.platform_dependent(*operands, cpu=by_native, default=by_xla)
-
-
-def _deferred_depthwise_fwd(operands, bounds, strides, pads, dilation):
-    return _deferred_depthwise(operands, bounds, strides, pads, dilation), operands
-
-
-def _deferred_depthwise_bwd(bounds, strides, pads, dilation, operands, dy):
-    # the activation computed again (one elementwise pass: the one the forward saved), then
-    # the depthwise conv's own gradients and the activation's
-    x, center, scale, shift, kernel = operands
-    a, act_vjp = jax.vjp(lambda *v: _activate(*v, bounds), x, center, scale, shift)
-    da = _shift_input_grad(a, dy, kernel, strides, pads, dilation)
-    dk = _shift_kernel_grad(a, dy, kernel, strides, pads, dilation)
-    return (*act_vjp(da.astype(a.dtype)), dk.astype(kernel.dtype)),
-
-
-_deferred_depthwise.defvjp(_deferred_depthwise_fwd, _deferred_depthwise_bwd)
-
-
-def deferred_depthwise(x: jax.Array | Deferred, kernel: jax.Array, strides, padding,
-                       dilation=(1, 1)) -> jax.Array:
-    """:func:`shift_depthwise` of ``x``, a :class:`Deferred` activation fused into the
-    native kernel where it takes one (multiplier 1, float32), else computed first."""
-    if not isinstance(x, Deferred):
+def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SAME",
+                   dilation=(1, 1), impl: str | None = None) -> jax.Array:
+    """A depthwise convolution, ``kernel (kh, kw, C, multiplier)``; output channel
+    ``c * multiplier + m`` comes from input channel ``c`` (TensorFlow's order)."""
+    strides, dilation = _pair(strides), _pair(dilation)
+    padding = normalize_padding(padding)
+    if formulation("depthwise", impl) == "matmul":
         return shift_depthwise(x, kernel, strides, padding, dilation)
-    if not _native_depthwise(x.x, kernel):
-        return shift_depthwise(x.value(), kernel, strides, padding, dilation)
-    kh, kw = kernel.shape[:2]
-    pads = explicit_pads(x.shape[1:3], (kh, kw), strides, dilation, normalize_padding(padding))
-    return _deferred_depthwise((x.x, x.center, x.scale, x.shift, kernel), (x.lo, x.hi),
-                               tuple(strides), pads, tuple(dilation))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _deferred_max_pool(operands, bounds, window, strides, pads) -> jax.Array:
-    """Max pooling of ``Deferred(*operands, *bounds)``: the native kernel activates each
-    input row as it reads it; other backends compute the activation first."""
-
-    def by_native(x, center, scale, shift):
-        act = native.Act(center, scale, shift, *bounds)
-        return native.max_pool(x, window, strides, pads, act)
-
-    def by_xla(x, center, scale, shift):
-        a = _activate(x, center, scale, shift, bounds)
-        return _separable_max_pool(a, window, strides, pads)
-
-    return jax.lax.platform_dependent(*operands, cpu=by_native, default=by_xla)
-
-
-def _deferred_max_pool_fwd(operands, bounds, window, strides, pads):
-    y = _deferred_max_pool(operands, bounds, window, strides, pads)
-    return y, (operands, y)
-
-
-def _deferred_max_pool_bwd(bounds, window, strides, pads, res, dy):
-    operands, y = res
-    a, act_vjp = jax.vjp(lambda *v: _activate(*v, bounds), *operands)
-    (da,) = _max_pool_bwd(window, strides, pads, (a, y), dy)
-    return act_vjp(da),
-
-
-_deferred_max_pool.defvjp(_deferred_max_pool_fwd, _deferred_max_pool_bwd)
-
-
-class Conv(nn.Module):
-    """2-D convolution over NHWC input; parameters laid out as :class:`flax.linen.Conv`.
-
-    ``padding`` is ``'SAME'`` (TensorFlow/Keras semantics: the extra pixel goes at the
-    end at stride 2), ``'VALID'``, an int (symmetric, as in PyTorch) or explicit pairs.
-    ``impl`` overrides the formulation for this layer (``None``: :func:`formulation`).
-    """
-
-    features: int
-    kernel_size: int | Sequence[int]
-    strides: int | Sequence[int] = 1
-    padding: Padding = "SAME"
-    use_bias: bool = True
-    dilation: int | Sequence[int] = 1
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Any = conv_init
-    bias_init: Any = nn.initializers.zeros
-    impl: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = _pair(self.kernel_size)
-        strides, dilation = _pair(self.strides), _pair(self.dilation)
-        padding = normalize_padding(self.padding)
-        kernel = self.param(
-            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
-        )
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(value(x), kernel, bias, dtype=self.dtype)
-        kind = "pointwise" if (kh, kw) == (1, 1) else "spatial"
-        form = formulation(kind, self.impl)
-        if form == "matmul":
-            y = matmul_conv(x, kernel, strides, padding, dilation)
-        elif form == "mixed":
-            y = mixed_conv(x, kernel, strides, padding, dilation)
-        else:
-            y = xla_conv(x, kernel, strides, padding, dilation)
-        return y if bias is None else y + bias
-
-
-class DepthwiseConv(nn.Module):
-    """Depthwise 2-D convolution (Keras ``DepthwiseConv2D``), kernel ``(kh, kw, in, multiplier)``.
-
-    Padding, strides and dilation as in :class:`Conv`; ``impl`` overrides the formulation.
-    """
-
-    kernel_size: int | Sequence[int]
-    strides: int | Sequence[int] = 1
-    padding: Padding = "SAME"
-    depth_multiplier: int = 1
-    use_bias: bool = True
-    dilation: int | Sequence[int] = 1
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Any = conv_init
-    bias_init: Any = nn.initializers.zeros
-    impl: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = _pair(self.kernel_size)
-        strides, dilation = _pair(self.strides), _pair(self.dilation)
-        padding = normalize_padding(self.padding)
-        c, m = x.shape[-1], self.depth_multiplier
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, c, m), self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (c * m,), self.param_dtype)
-                if self.use_bias else None)
-        form = formulation("depthwise", self.impl)
-        if (isinstance(x, Deferred) and form == "matmul" and nn.dtypes.canonicalize_dtype(
-                x.x, kernel, bias, dtype=self.dtype) == x.dtype):
-            y = deferred_depthwise(x, kernel.astype(x.dtype), strides, padding, dilation)
-            return y if bias is None else y + bias.astype(y.dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(value(x), kernel, bias, dtype=self.dtype)
-        if form == "matmul":
-            y = shift_depthwise(x, kernel, strides, padding, dilation)
-        else:  # HWIO with I = 1: output channel c * m + j, as TensorFlow orders them
-            y = xla_conv(x, kernel.reshape(kh, kw, 1, c * m), strides, padding, dilation, c)
-        return y if bias is None else y + bias
-
-
-class SeparableConv(nn.Module):
-    """Keras ``SeparableConv2D``: a :class:`DepthwiseConv` then a 1x1 :class:`Conv`."""
-
-    features: int
-    kernel_size: int | Sequence[int]
-    strides: int | Sequence[int] = 1
-    padding: Padding = "SAME"
-    depth_multiplier: int = 1
-    use_bias: bool = True
-    dilation: int | Sequence[int] = 1
-    dtype: Any = None
-    impl: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = DepthwiseConv(self.kernel_size, self.strides, self.padding, self.depth_multiplier,
-                          use_bias=False, dilation=self.dilation, dtype=self.dtype,
-                          impl=self.impl, name="depthwise")(x)
-        return Conv(self.features, 1, use_bias=self.use_bias, dtype=self.dtype, impl=self.impl,
-                    name="pointwise")(x)
+    kh, kw, c, m = kernel.shape  # HWIO with I = 1
+    return xla_conv(x, kernel.reshape(kh, kw, 1, c * m), strides, padding, dilation, c)

@@ -256,7 +256,8 @@ def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size, strides, pads) ->
     CPU only (call :func:`available` first)."""
     (sh, sw) = strides
     if sw not in (1, 2):
-        raise ValueError(f"zoo.backend.native.conv_kernel_grad takes a column stride of 1 or 2, got {sw}")
+        raise ValueError("zoo.backend.native.conv_kernel_grad takes a column stride of 1 or 2, "
+                         f"got {sw}")
     return _call("zoo_conv_kernel_grad", (*kernel_size, x.shape[3], dy.shape[3]), x, dy,
                  sh=sh, sw=sw, pt=pads[0][0], pl=pads[1][0])
 
