@@ -1,8 +1,14 @@
 """The transfer zoo's models: ``zoo.create(name)``, ``zoo.list_models()``, ``zoo.spec(name)``."""
 
+# First, before anything starts JAX's backend: the XLA compiler options of zoo.backend for
+# every jit of the process (zoo/backend/options.py says what is lost when JAX started first).
+from zoo.backend import options as _options
+
+_options.apply_to_process()
+
 # Importing the family modules registers their models, in any order: zoo.yolo imports the
 # families its yolo_<backbone> variants stand on itself.
-from zoo import (  # noqa: F401
+from zoo import (  # noqa: E402, F401
     alexnet,
     darknet,
     densenet,
@@ -15,7 +21,7 @@ from zoo import (  # noqa: F401
     xception,
     yolo,
 )
-from zoo.backend.conv import compiler_options
+from zoo.backend.options import compiler_options  # noqa: E402
 from zoo.registry import (  # noqa: E402
     FeatureTap,
     ModelSpec,
