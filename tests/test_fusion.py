@@ -54,7 +54,7 @@ def test_fused_depthwise_equals_unfused(native_mode, kernel, stride, dilation, p
     activation computed by XLA first (zero padding is the activated input's: a batch norm
     shift would otherwise leak into the border)."""
     act = ACTS[act]
-    k, s, d = (conv._pair(v) for v in (kernel, stride, dilation))
+    k, s, d = (conv.pair(v) for v in (kernel, stride, dilation))
     x = 2 * jax.random.normal(jax.random.PRNGKey(0), (3, *size, channels))
     w = jax.random.normal(jax.random.PRNGKey(1), (*k, channels, 1))
     vectors = _vectors(channels)

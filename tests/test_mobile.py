@@ -162,7 +162,7 @@ def test_winograd_conv_refuses_what_it_cannot_compute(kwargs, message):
     ((224, 224), (3, 3, 3, 32), 2, "SAME", "im2col")])  # MobileNet's stem
 def test_mixed_path_choice(size, kernel, strides, padding, path):
     """Without the native kernels (GPU/TPU lowerings never see ``mixed``; ZOO_NATIVE=off)."""
-    s = conv._pair(strides)
+    s = conv.pair(strides)
     shape = (32, *size, kernel[2])
     assert conv.mixed_path(shape, kernel, s, conv.normalize_padding(padding),
                            native_kernels=False) == path
@@ -186,7 +186,7 @@ def test_mixed_path_choice(size, kernel, strides, padding, path):
     ((7, 7), (3, 3, 64, 64), 1, "SAME", "native"),  # 576 values: any width
     ((7, 7), (3, 3, 128, 32), 1, "SAME", "tap")])  # DenseNet's last block
 def test_mixed_path_choice_with_native_kernels(size, kernel, strides, padding, path):
-    s = conv._pair(strides)
+    s = conv.pair(strides)
     shape = (32, *size, kernel[2])
     assert conv.mixed_path(shape, kernel, s, conv.normalize_padding(padding),
                            native_kernels=True) == path
@@ -217,7 +217,7 @@ def test_mixed_conv_takes_winograd_and_equals_xla():
                                           ((3, 1), ((1, 1), (0, 0)))])
 def test_tap_conv_equals_xla(kernel, pads, forward):
     """Any explicit padding, also past kernel - 1 (outputs that see only padding)."""
-    kh, kw = conv._pair(kernel)
+    kh, kw = conv.pair(kernel)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 7, 16))
     w = jax.random.normal(jax.random.PRNGKey(1), (kh, kw, 16, 5))
     assert_same_function(lambda w, x: conv.tap_conv(x, w, pads, forward),

@@ -144,7 +144,7 @@ DEPTHWISE_CASES = [
 
 @pytest.mark.parametrize("kernel, stride, dilation, padding, size, channels", DEPTHWISE_CASES)
 def test_depthwise_equals_xla(native_mode, kernel, stride, dilation, padding, size, channels):
-    k, s, d = (conv._pair(v) for v in (kernel, stride, dilation))
+    k, s, d = (conv.pair(v) for v in (kernel, stride, dilation))
     x = jax.random.normal(jax.random.PRNGKey(0), (3, *size, channels))
     w = jax.random.normal(jax.random.PRNGKey(1), (*k, channels, 1))
     pads = conv.normalize_padding(padding)
@@ -184,7 +184,7 @@ def test_native_conv_equals_xla(native_mode, kernel, stride, padding, size, cin,
     """``mixed`` with the native dense convolution (forward, kernel gradient; input
     gradient at stride 1): XLA's values and both gradients; with the kernels off, the paths
     they replace."""
-    (kh, kw), s = conv._pair(kernel), conv._pair(stride)
+    (kh, kw), s = conv.pair(kernel), conv.pair(stride)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, *size, cin))
     w = jax.random.normal(jax.random.PRNGKey(1), (kh, kw, cin, cout)) * 0.2
     pads = conv.normalize_padding(padding)
@@ -234,7 +234,7 @@ def test_max_pool_equals_xla_exactly(native_mode, window, stride, padding, size)
     """Forward and gradient bit for bit (the first maximum of a window takes the gradient;
     integer-valued inputs tie in most windows, and distinct integer weights per output make
     any wrong route visible while every sum stays exact)."""
-    window, stride = conv._pair(window), conv._pair(stride)
+    window, stride = conv.pair(window), conv.pair(stride)
     x = jnp.round(2 * jax.random.normal(jax.random.PRNGKey(0), (2, *size, 37)))
     pads = conv.explicit_pads(size, window, stride, (1, 1), conv.normalize_padding(padding))
 

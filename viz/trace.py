@@ -24,7 +24,7 @@ from flax import traverse_util
 from jax.extend import core as jcore
 
 from viz.graph import Edge, Graph, Module, Node, Path
-from zoo.backend import conv
+from zoo import backend
 from zoo.summary import eqn_flops
 
 # Primitives that only change dtype or copy: the tensor flows through them unchanged.
@@ -91,7 +91,7 @@ def trace(
     # XLA's formulation of every convolution, whatever the backend: one primitive per
     # layer and the model's own FLOPs (on CPU, Winograd's products do 2.25x fewer
     # multiplies and shifted depthwise products none)
-    with nn.intercept_methods(record), conv.use_impl("xla"):
+    with nn.intercept_methods(record), backend.use_impl("xla"):
         closed, (out, variables) = jax.make_jaxpr(init, return_shape=True)(x)
     for path, m in calls.items():
         m.leaf = not any(len(p) > len(path) and p[: len(path)] == path for p in calls)

@@ -32,20 +32,11 @@ import numpy as np
 from flax import linen as nn
 
 from zoo.backend import ops as backend
-from zoo.backend.conv import Padding, normalize_padding
+from zoo.backend.conv import Padding, normalize_padding, pair
 
 # He-normal (fan_out) for convolutions: what torchvision uses for ResNets; it keeps
 # ReLU networks trainable from scratch. Imported weights overwrite it anyway.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(v)
-    if len(v) != 2:
-        raise ValueError(f"expected an int or a pair, got {v!r}")
-    return v  # type: ignore[return-value]
 
 
 class Conv(nn.Module):
@@ -72,7 +63,7 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = _pair(self.kernel_size)
+        kh, kw = pair(self.kernel_size)
         groups = self.feature_group_count
         if x.shape[-1] % groups or self.features % groups:
             raise ValueError(f"{self.name}: {x.shape[-1]} input and {self.features} output "
@@ -82,7 +73,7 @@ class Conv(nn.Module):
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = backend.conv(x, kernel, _pair(self.strides), self.padding, _pair(self.dilation),
+        y = backend.conv(x, kernel, pair(self.strides), self.padding, pair(self.dilation),
                          groups, self.impl)
         return y if bias is None else y + bias
 
@@ -107,7 +98,7 @@ class DepthwiseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = _pair(self.kernel_size)
+        kh, kw = pair(self.kernel_size)
         c, m = x.shape[-1], self.depth_multiplier
         kernel = self.param("kernel", self.kernel_init, (kh, kw, c, m), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (c * m,), self.param_dtype)
@@ -115,8 +106,8 @@ class DepthwiseConv(nn.Module):
         dtype = nn.dtypes.canonicalize_dtype(x, kernel, bias, dtype=self.dtype)
         # x itself (not a converted copy) when it has the dtype: the backend may know it
         x = x if x.dtype == dtype else x.astype(dtype)
-        y = backend.depthwise_conv(x, kernel.astype(dtype), _pair(self.strides), self.padding,
-                                   _pair(self.dilation), self.impl)
+        y = backend.depthwise_conv(x, kernel.astype(dtype), pair(self.strides), self.padding,
+                                   pair(self.dilation), self.impl)
         return y if bias is None else y + bias.astype(dtype)
 
 
@@ -244,7 +235,7 @@ def avg_pool(x, window: int, stride: int, padding: Padding = "VALID") -> jax.Arr
 
 def adaptive_avg_pool(x: jax.Array, out_size: int | tuple[int, int]) -> jax.Array:
     """PyTorch ``AdaptiveAvgPool2d``: bin i covers [floor(i*n/o), ceil((i+1)*n/o))."""
-    oh, ow = _pair(out_size)
+    oh, ow = pair(out_size)
     mh = _adaptive_matrix(x.shape[1], oh)
     mw = _adaptive_matrix(x.shape[2], ow)
     return jnp.einsum("oh,nhwc,pw->nopc", mh.astype(x.dtype), x, mw.astype(x.dtype))

@@ -13,7 +13,7 @@ import numpy as np
 from flax import linen as nn
 from jax.extend import core as jcore
 
-from zoo.backend import conv
+from zoo import backend
 from zoo.registry import create, list_models, spec
 
 
@@ -99,7 +99,7 @@ def flops(model: str | nn.Module, input_shape: Sequence[int] | None = None,
     else:
         module = model
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    with conv.use_impl("xla"):
+    with backend.use_impl("xla"):
         variables = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), x)
         closed = jax.make_jaxpr(lambda v, x: module.apply(v, x))(variables, x)
     return jaxpr_flops(closed.jaxpr)

@@ -129,7 +129,7 @@ def formulation(kind: str, impl: str | None = None) -> str:
     return backend_formulations(jax.default_backend())[kind]
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+def pair(v: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
     v = tuple(v)
@@ -735,7 +735,7 @@ shift_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int],
              padding: Padding = "VALID", impl: str | None = None) -> jax.Array:
     """Max pooling (padding with -inf, 'SAME' as TensorFlow) in the backend's formulation."""
-    window, strides = _pair(window), _pair(strides)
+    window, strides = pair(window), pair(strides)
     pads = explicit_pads(x.shape[1:3], window, strides, (1, 1), normalize_padding(padding))
     if formulation("maxpool", impl) != "matmul":
         return xla_max_pool(x, window, strides, pads)
@@ -867,7 +867,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SA
     """A convolution of NHWC ``x`` by an HWIO ``kernel`` (``I = in / groups``) in the backend's
     formulation: ``pointwise`` for 1x1 kernels, ``spatial`` for the others; grouped
     convolutions (``1 < groups``) are XLA's."""
-    strides, dilation = _pair(strides), _pair(dilation)
+    strides, dilation = pair(strides), pair(dilation)
     padding = normalize_padding(padding)
     if groups != 1:
         return xla_conv(x, kernel, strides, padding, dilation, groups)
@@ -884,7 +884,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Pad
                    dilation=(1, 1), impl: str | None = None) -> jax.Array:
     """A depthwise convolution, ``kernel (kh, kw, C, multiplier)``; output channel
     ``c * multiplier + m`` comes from input channel ``c`` (TensorFlow's order)."""
-    strides, dilation = _pair(strides), _pair(dilation)
+    strides, dilation = pair(strides), pair(dilation)
     padding = normalize_padding(padding)
     if formulation("depthwise", impl) == "matmul":
         return shift_depthwise(x, kernel, strides, padding, dilation)

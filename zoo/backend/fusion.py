@@ -161,7 +161,7 @@ def max_pool(x: jax.Array, window, strides, padding, impl: str | None = None) ->
     if (not isinstance(a, Activation) or C.formulation("maxpool", impl) != "matmul"
             or not C._native_float32(a.x)):
         return C.max_pool(x, window, strides, padding, impl)
-    window, strides = C._pair(window), C._pair(strides)
+    window, strides = C.pair(window), C.pair(strides)
     pads = C.explicit_pads(x.shape[1:3], window, strides, (1, 1), C.normalize_padding(padding))
     return _fused_max_pool(a.operands, a.act, window, strides, pads)
 

@@ -16,7 +16,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SA
     """Convolution of NHWC ``x`` by an HWIO ``kernel`` (``I = in / groups``), no bias."""
     y = _conv.conv(x, kernel, strides, padding, dilation, groups, impl)
     pads = _conv.normalize_padding(padding)
-    if (kernel.shape[:2] == (1, 1) and groups == 1 and _conv._pair(strides) == (1, 1)
+    if (kernel.shape[:2] == (1, 1) and groups == 1 and _conv.pair(strides) == (1, 1)
             and (isinstance(pads, str) or not any(sum(pads, ())))):
         _fusion.remember(y, _fusion.Pointwise(x, kernel))
     return y
@@ -26,7 +26,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Pad
                    dilation=(1, 1), impl: str | None = None) -> jax.Array:
     """Depthwise convolution, ``kernel (kh, kw, C, multiplier)``, no bias."""
     if _conv.formulation("depthwise", impl) == "matmul":
-        strides, dilation = _conv._pair(strides), _conv._pair(dilation)
+        strides, dilation = _conv.pair(strides), _conv.pair(dilation)
         return _fusion.depthwise(x, kernel, strides, _conv.normalize_padding(padding), dilation)
     return _conv.depthwise_conv(x, kernel, strides, padding, dilation, impl)
 
