@@ -4,7 +4,7 @@
         [--height 320 --width 416] [--scales 3,3,3]
 
 Prints the anchors per output scale (coarsest first), in input pixels after letterboxing,
-as a Python literal for ``config.model.anchors``, and the mean best IoU of the boxes.
+as a Python literal for ``config.detection.anchors``, and the mean best IoU of the boxes.
 """
 
 from absl import app, flags

@@ -54,6 +54,20 @@ def test_conv_table_times_the_depthwise_conv_with_and_without_native_kernels():
             assert ("zoo_depthwise_kernel_grad" in text) == (f.native_mode == "on"), label
 
 
+def test_conv_table_runs_end_to_end(monkeypatch, tmp_path):
+    """``--convs`` at two tiny shapes (a 3x3 conv and a depthwise one): one row per
+    formulation, GFLOP/s figures, the Markdown file written."""
+    monkeypatch.setattr(bench, "CONV_SHAPES", ((2, 8, 8, 4, 3, 1, "SAME", False),
+                                               (2, 8, 8, 4, 3, 1, "SAME", True)))
+    out = tmp_path / "convs.md"
+    table = bench.bench_convs(warmup=0, repeats=1, markdown_path=str(out))
+    rows = [r.split("|") for r in table.splitlines()[2:] if r.startswith("|")]
+    assert out.read_text().strip() == table.strip()
+    labels = {r[3].strip().split(" (")[0] for r in rows}
+    assert {"xla", "matmul", "mixed", "winograd"} <= labels  # the 3x3 conv's formulations
+    assert all(float(r[4]) >= 0 and float(r[5]) >= 0 for r in rows)  # GFLOP/s figures
+
+
 def test_workers_of_one_round_merge():
     parts = [{"version": "v", "models": {"a": {"infer": 1.0}}},
              {"error": "worker exited with 9 before any result"},

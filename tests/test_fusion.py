@@ -31,7 +31,7 @@ def _vectors(c: int):
 def _activated(x, vectors, act):
     """``act(BN(x))`` computed as a batch norm layer does, and remembered by the backend."""
     y = fusion.activate(x, *vectors, act)
-    return fusion.remember_activation(y, x, *vectors, act)
+    return fusion.remember_activation(y, x, lambda: vectors, act)
 
 
 # kernel, stride, dilation, padding, (height, width), channels, act: the column blocks of the

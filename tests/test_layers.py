@@ -142,3 +142,17 @@ def test_batch_norm_training_equals_flax(scale, dtype):
     # inference mode is Flax's own code
     np.testing.assert_array_equal(ours.apply(v, x, use_running_average=True),
                                   ref.apply(v, x, use_running_average=True))
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", 1])
+def test_grouped_conv_is_flax_conv(padding):
+    """``Conv(feature_group_count=g)``: flax.linen.Conv's parameters and numbers."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 12))
+    ours = layers.Conv(8, 3, 2, padding, feature_group_count=4)
+    ref = nn.Conv(8, (3, 3), (2, 2), padding=padding, feature_group_count=4)
+    v = ours.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, ref.init(
+        jax.random.PRNGKey(1), x))
+    np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not split into 5 groups"):
+        layers.Conv(10, 3, feature_group_count=5).init(jax.random.PRNGKey(1), x)

@@ -374,6 +374,7 @@ def test_importing_zoo_first_gives_every_jit_the_compiler_options():
     assert _xla_flags_after("import jax.numpy as jnp; jnp.ones(2).block_until_ready(); "
                             "import zoo", XLA_FLAGS=None, ZOO_COMPILER_OPTIONS=None) == ""
     assert _xla_flags_after("import zoo", XLA_FLAGS=None, ZOO_COMPILER_OPTIONS="none") == ""
+    assert _xla_flags_after("import zoo", XLA_FLAGS=None, ZOO_COMPILER_OPTIONS="off") == ""
     own = f"--{key}=LIBRARY_FUSION_TYPE_REDUCE"
     assert _xla_flags_after("import zoo", XLA_FLAGS=own, ZOO_COMPILER_OPTIONS=None) == own
 

@@ -281,7 +281,7 @@ def test_model_step_equals_without_native(monkeypatch, name, size):
     Xception: depthwise and max-pool blocks with residuals; the three: native dense
     convolutions (the stems; ResNet18's first stage, with its input gradients).
 
-    Inference-mode batch norm (deferred into the native kernels where they run: the
+    Inference-mode batch norm (fused into the native kernels where they run: the
     gradient through a frozen batch norm, as in fine-tuning): in training mode, 2 images
     of 32-71 px give batch norms of 2-50 values, where rounding alone moves results by
     1e-3. The output is compared to float32 rounding, the gradients by direction, leaf by
@@ -304,7 +304,7 @@ def test_model_step_equals_without_native(monkeypatch, name, size):
         step = jax.value_and_grad(loss)
         text = lowered(step, variables["params"])
         assert ("zoo_conv_kernel_grad(" in text) == (mode == "on")
-        if name != "resnet18":  # and the inference batch norms deferred into the kernels
+        if name != "resnet18":  # and the inference batch norms fused into the kernels
             assert ("zoo_depthwise_kernel_grad" in text) == (mode == "on")
             assert ("zoo_depthwise_forward_act" in text) == (mode == "on")
         results[mode] = jax.jit(step)(variables["params"])

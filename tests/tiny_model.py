@@ -70,7 +70,8 @@ def registered():
     try:
         yield NAME
     finally:
-        registry._REGISTRY.pop(NAME, None)
+        if NAME in zoo.list_models():
+            zoo.unregister(NAME)
 
 
 def tiny_config(**overrides: Any):

@@ -230,9 +230,10 @@ def bench_convs(warmup: int = 2, repeats: int = 5, markdown_path: str | None = N
 
     lines = ["| input | kernel | formulation | forward GFLOP/s | fwd+grad GFLOP/s |",
              "|---|---|---|---|---|"]
+    import zoo
     from zoo.backend import conv
 
-    jit = functools.partial(jax.jit, compiler_options=conv.compiler_options())
+    jit = functools.partial(jax.jit, compiler_options=zoo.compiler_options())
     for n, size, cin, cout, k, stride, pad, depthwise in CONV_SHAPES:
         x = jax.random.normal(jax.random.PRNGKey(0), (n, size, size, cin))
         shape = (k, k, cin, 1) if depthwise else (k, k, cin, cout)
@@ -292,6 +293,10 @@ def run_worker(framework: str, python: str, models: Sequence[str], *, batch: int
     ``error`` set when it failed (a crash after some models keeps theirs)."""
     env = dict(os.environ, KERAS_BACKEND="tensorflow" if framework == "keras-tf" else "jax",
                TF_CPP_MIN_LOG_LEVEL="2")
+    if framework != "ours":  # Keras as its users run it: without the flags `import zoo` set
+        env.pop("XLA_FLAGS", None)
+        if os.environ.get("ZOO_USER_XLA_FLAGS") is not None:
+            env["XLA_FLAGS"] = os.environ["ZOO_USER_XLA_FLAGS"]
     if hugepages:  # glibc madvises huge pages for large allocations (BENCHMARKS.md)
         env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     with tempfile.NamedTemporaryFile(suffix=".json") as out:

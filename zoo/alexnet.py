@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.published import TorchFile
 from zoo.registry import TORCH, FeatureTap, ModelSpec, register
-from zoo.weights.download import TorchFile
 
 # (features, kernel, stride, padding, max-pool after)
 CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),

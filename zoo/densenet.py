@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.published import KerasFiles
 from zoo.registry import TORCH, FeatureTap, ModelSpec, register
-from zoo.weights.download import KerasFiles
 
 KERAS_BN = dict(epsilon=1.001e-5, momentum=0.99)
 GROWTH_RATE = 32

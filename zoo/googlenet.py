@@ -45,8 +45,8 @@ from flax import linen as nn
 
 from zoo import layers
 from zoo.inception import BN, Block, Branch, C, ConvBN, Pool, block_conv_paths, pool
+from zoo.published import TorchFile
 from zoo.registry import TF, FeatureTap, ModelSpec, register
-from zoo.weights.download import TorchFile
 
 TORCH_BN = BN(epsilon=1e-3, momentum=0.9, scale=True)  # PyTorch momentum 0.1
 V2_BN = BN(epsilon=1e-3, momentum=0.99, scale=True)

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.published import KerasFiles
 from zoo.registry import TF, FeatureTap, ModelSpec, register
-from zoo.weights.download import KerasFiles
 
 
 class BN(NamedTuple):

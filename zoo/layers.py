@@ -138,7 +138,7 @@ class BatchNorm(nn.BatchNorm):
     ``use_fast_variance=False``), then ``act`` if given (e.g. ``nn.relu``, ``nn.relu6``).
 
     Training mode over the last axis has a hand-written gradient
-    (:func:`zoo.backend.normalize_batch`: reverse-mode only, as the zoo's other
+    (:func:`zoo.backend.norm.normalize_batch`: reverse-mode only, as the zoo's other
     custom-gradient layers); inference mode is Flax's own, and the backend may apply it
     (with a ReLU or ReLU6 ``act``) inside the layer that reads the output.
     """
@@ -179,11 +179,14 @@ class BatchNorm(nn.BatchNorm):
     def _remembered(self, x: jax.Array, y: jax.Array) -> jax.Array:
         """``y``, with the backend told how it was computed (Flax's inference formula)."""
         c = x.shape[-1]
-        mean, var = (self.get_variable("batch_stats", k) for k in ("mean", "var"))
-        scale = self.get_variable("params", "scale") if self.use_scale else jnp.ones((c,))
-        bias = self.get_variable("params", "bias") if self.use_bias else jnp.zeros((c,))
-        mul = jax.lax.rsqrt(var + self.epsilon) * scale
-        return backend.remember_activation(y, x, mean, mul, bias, self.act)
+
+        def ingredients():  # Flax's inference formula: (x - mean) * mul + bias
+            mean, var = (self.get_variable("batch_stats", k) for k in ("mean", "var"))
+            scale = self.get_variable("params", "scale") if self.use_scale else jnp.ones((c,))
+            bias = self.get_variable("params", "bias") if self.use_bias else jnp.zeros((c,))
+            return mean, jax.lax.rsqrt(var + self.epsilon) * scale, bias
+
+        return backend.remember_activation(y, x, ingredients, self.act)
 
 
 def batch_norm(*, epsilon: float, momentum: float, dtype: Any, name: str, scale: bool = True,

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.published import KerasMobileNetFiles
 from zoo.registry import TF, FeatureTap, ModelSpec, register
-from zoo.weights.download import KerasMobileNetFiles
 
 V1_BN = dict(epsilon=1e-3, momentum=0.99)
 V2_BN = dict(epsilon=1e-3, momentum=0.999)

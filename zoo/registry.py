@@ -85,7 +85,7 @@ class ModelSpec:
         module name: our module path}`` for Keras HDF5 files (``conv1_conv``) and torch
         state dicts (``layer1.0.conv1``); None where no such files exist for the model.
       weights: the published file of the reference, ``weights(include_top=, alpha=,
-        size=) -> zoo.weights.download.WeightFile`` (URL and digests); None if none.
+        size=) -> zoo.published.WeightFile`` (URL and digests); None if none.
       feature_taps: the feature maps the model exposes (:class:`FeatureTap`), one per
         stride, finest first: the last module output at each stride. A tuple, or a
         function of the model where options change the channels (see

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.published import KerasFiles, TorchFile
 from zoo.registry import CAFFE, TF, TORCH, FeatureTap, ModelSpec, register
-from zoo.weights.download import KerasFiles, TorchFile
 
 KERAS_BN = dict(epsilon=1.001e-5, momentum=0.99)
 TORCH_BN = dict(epsilon=1e-5, momentum=0.9)

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.published import TorchFile
 from zoo.registry import TORCH, FeatureTap, ModelSpec, register
-from zoo.weights.download import TorchFile
 
 P = "pool"
 # version: (stem features, stem kernel, plan of max-pools and (squeeze, expand) fires)

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.published import KerasFiles
 from zoo.registry import CAFFE, FeatureTap, ModelSpec, register
-from zoo.weights.download import KerasFiles
 
 STAGE_SIZES = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 WIDTHS = (64, 128, 256, 512, 512)

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import layers
+from zoo.published import KerasFiles
 from zoo.registry import TF, FeatureTap, ModelSpec, register
-from zoo.weights.download import KerasFiles
 
 BN = dict(epsilon=1e-3, momentum=0.99)
 # residual blocks with a projection: (sepconv1 filters, sepconv2 filters, ReLU first)

@@ -41,22 +41,16 @@ the same numbers:
   up to 3x slower, and its max-pool gradient (a reduce-window over indices, then a
   scatter) cost a ResNet50 training step 12%. On the CPU (float32) both are native kernels
   (:mod:`zoo.backend.native`), one pass each.
+- ``avgpool``: ``matmul`` computes non-overlapping 'VALID' average pools as a sum of
+  strided slices, 3x faster than XLA:CPU's ``reduce_window``.
 
 The formulation is chosen per backend (``jax.default_backend()``) from the table
 :data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
 forces one formulation for every kind, and each layer's ``impl`` argument overrides
 both (``auto``, the default, defers to the table); :func:`use_impl` sets the global one
 for the code within a ``with`` block (``viz`` traces under ``xla``).
-The parameter layout never depends on the formulation, so checkpoints move freely
-between CPU, GPU and TPU:
-
-- :class:`Conv`: ``kernel`` HWIO ``(kh, kw, in, out)`` and ``bias (out,)``, as
-  :class:`flax.linen.Conv`;
-- :class:`DepthwiseConv`: ``kernel (kh, kw, in, multiplier)`` and ``bias (in * multiplier,)``,
-  the layout of Keras ``DepthwiseConv2D``; output channel ``c * multiplier + m`` comes
-  from input channel ``c`` (TensorFlow's order);
-- :class:`SeparableConv`: submodules ``depthwise`` and ``pointwise`` (Keras
-  ``SeparableConv2D``: the bias, if any, belongs to the pointwise part).
+The parameters are the layers' (:mod:`zoo.layers`), whatever the formulation, so
+checkpoints move freely between CPU, GPU and TPU.
 """
 
 from __future__ import annotations

@@ -84,12 +84,15 @@ def fusable(*arrays) -> bool:
             and native.available())
 
 
-def remember_activation(y: jax.Array, x: jax.Array, center: jax.Array, scale: jax.Array,
-                        shift: jax.Array, act=None) -> jax.Array:
+def remember_activation(y: jax.Array, x: jax.Array, ingredients, act=None) -> jax.Array:
     """Note that ``y`` is ``act((x - center) * scale + shift)`` (an inference batch norm and
-    its activation, computed by the caller) where :func:`fusable` says so; returns ``y``."""
-    if act in CLIPS and y.dtype == x.dtype and fusable(x, center, scale, shift):
-        remember(y, Activation(x, center, scale, shift, act))
+    its activation, computed by the caller), ``(center, scale, shift) = ingredients()``
+    (called only then), where :func:`fusable` says so; returns ``y``."""
+    if (isinstance(y, jax.core.Tracer) and act in CLIPS and y.dtype == x.dtype
+            and fusable(x)):
+        center, scale, shift = ingredients()
+        if fusable(center, scale, shift):
+            remember(y, Activation(x, center, scale, shift, act))
     return y
 
 
@@ -182,13 +185,15 @@ def _fused_max_pool(operands, act, window, strides, pads) -> jax.Array:
 
 
 def _fused_max_pool_fwd(operands, act, window, strides, pads):
-    y = _fused_max_pool(operands, act, window, strides, pads)
-    return y, (operands, y)
+    return _fused_max_pool(operands, act, window, strides, pads), operands
 
 
-def _fused_max_pool_bwd(act, window, strides, pads, res, dy):
-    operands, y = res
+def _fused_max_pool_bwd(act, window, strides, pads, operands, dy):
+    # the activation computed again, and its pool from it: the gradient goes to the window
+    # maxima found by equality with the pool, so both must come from the same values
+    # (the kernel's own activation may round differently from XLA's)
     a, act_vjp = jax.vjp(lambda *v: activate(*v, act), *operands)
+    y = C._max_pool_forward(a, window, strides, pads)
     (da,) = C._max_pool_bwd(window, strides, pads, (a, y), dy)
     return act_vjp(da),
 

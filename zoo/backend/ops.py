@@ -17,7 +17,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SA
     y = _conv.conv(x, kernel, strides, padding, dilation, groups, impl)
     pads = _conv.normalize_padding(padding)
     if (kernel.shape[:2] == (1, 1) and groups == 1 and _conv.pair(strides) == (1, 1)
-            and (isinstance(pads, str) or not any(sum(pads, ())))):
+            and (isinstance(pads, str) or not any(sum(pads, ())))
+            and _conv.formulation("avgpool") == "matmul"):
         _fusion.remember(y, _fusion.Pointwise(x, kernel))
     return y
 
@@ -49,7 +50,8 @@ def avg_pool(x: jax.Array, window: int, stride: int, padding: Padding = "VALID",
     return _conv.avg_pool(x, window, stride, padding, impl)
 
 
-def remember_activation(y, x, center, scale, shift, act=None) -> jax.Array:
+def remember_activation(y, x, ingredients, act=None) -> jax.Array:
     """Tell the backend that ``y`` is ``act((x - center) * scale + shift)`` (an inference batch
-    norm and its activation): a depthwise conv or max pool reading ``y`` may fuse them."""
-    return _fusion.remember_activation(y, x, center, scale, shift, act)
+    norm and its activation), ``(center, scale, shift) = ingredients()``, called only where
+    the backend fuses: a depthwise conv or max pool reading ``y`` may then fuse them."""
+    return _fusion.remember_activation(y, x, ingredients, act)

@@ -20,7 +20,9 @@ Imported after JAX has started (e.g. after a first ``jnp`` computation in a note
 without the explicit argument, a jit compiles with XLA's defaults: the same numbers, with
 the CPU's matrix products and convolutions by YNNPACK (Xception inference about 1.4x
 slower; models without wide 1x1 convolutions little or not at all). ``$ZOO_COMPILER_OPTIONS=none``
-turns both ways off. Other platforms have no options (GPU and TPU compile as XLA defaults).
+(or ``off``) turns both ways off; ``$XLA_FLAGS`` gets them only on the jaxlib releases they
+were checked with (:data:`CHECKED_JAXLIBS`). Other platforms have no options (GPU and TPU
+compile with XLA's defaults).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ COMPILER_OPTIONS: dict[str, dict[str, str]] = {
     "cpu": {"xla_cpu_experimental_ynn_fusion_type":
             "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"},
 }
-COMPILER_OPTION_MODES = ("auto", "none")
+COMPILER_OPTION_MODES = ("auto", "none", "off")  # off: the same as none
 
 
 def compiler_options(backend: str | None = None) -> dict[str, str]:
@@ -51,7 +53,7 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     mode = _mode()
     backend = backend or jax.default_backend()
     options = COMPILER_OPTIONS.get(backend, {})
-    if mode == "none" or not options or not _accepted(backend, tuple(sorted(options.items()))):
+    if mode != "auto" or not options or not _accepted(backend, tuple(sorted(options.items()))):
         return {}
     return dict(options)
 
@@ -82,18 +84,21 @@ def apply_to_process() -> bool:
     neither ``$ZOO_COMPILER_OPTIONS=none`` nor the user's own ``$XLA_FLAGS`` says otherwise);
     whether they were added. Called once when ``zoo`` is imported."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if _mode() == "none" or _backend_started() or not _knows_options():
+    if _mode() != "auto" or _backend_started() or not _knows_options():
         return False
     added = [f"--{k}={v}" for k, v in COMPILER_OPTIONS["cpu"].items() if f"--{k}=" not in flags]
     if added:
+        # what the user had, for child processes that want it back (scripts.bench's Keras)
+        os.environ.setdefault("ZOO_USER_XLA_FLAGS", flags)
         os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
     return bool(added)
 
 
-# The first jaxlib these options were checked with. An unknown flag in $XLA_FLAGS is fatal
-# when the backend starts (where an unknown compiler option is only a warning), so older
-# jaxlibs get them only through the explicit, checked :func:`compiler_options`.
-KNOWN_FROM = (0, 10)
+# The jaxlib releases these options were checked with (major, minor). An unknown flag in
+# $XLA_FLAGS is fatal when the backend starts (where an unknown compiler option is only a
+# warning), and these are experimental flags: other jaxlibs get them only through the
+# explicit, checked :func:`compiler_options`. Add a release here once the tests pass on it.
+CHECKED_JAXLIBS = ((0, 10),)
 
 
 def _knows_options() -> bool:
@@ -103,7 +108,7 @@ def _knows_options() -> bool:
         version = tuple(int(p) for p in jaxlib.__version__.split(".")[:2])
     except ValueError:
         return False
-    return version >= KNOWN_FROM
+    return version in CHECKED_JAXLIBS
 
 
 def _backend_started() -> bool:

@@ -22,10 +22,10 @@ is written:
   each, where XLA:CPU makes two 1-D passes that write padded views;
 - the depthwise forward and the max pool also of an activated input (``act``:
   :class:`Act`, an inference batch norm and a ReLU / ReLU6 applied to each input row as
-  it is read, so the activated tensor is never written: ``zoo.backend.conv.Deferred``).
+  it is read, so the activated tensor is never written: :mod:`zoo.backend.fusion`).
 
-``zoo.backend.conv`` calls them on the CPU only (``lax.platform_dependent``: the same traced
-function runs XLA's formulation on GPU and TPU).
+``zoo.backend.conv`` and ``zoo.backend.fusion`` call them on the CPU only
+(``lax.platform_dependent``: the same traced function runs XLA's formulation on GPU and TPU).
 
 Building: the first use compiles ``kernels.cc`` with the system C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``; ``-O3 -march=native``, about 3 s) against the FFI
