@@ -15,8 +15,6 @@ existing output is an error unless ``--overwrite`` is given. Restore with
 import ast
 from pathlib import Path
 
-import jax
-import numpy as np
 from absl import app, flags
 
 import zoo.pretrained
@@ -48,22 +46,16 @@ def _value(text: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    import orbax.checkpoint as ocp
-
-    out = Path(FLAGS.output).resolve()
-    if out.exists() and not FLAGS.overwrite:
-        raise SystemExit(f"{out} exists; pass --overwrite to replace it")
     options = {k: _value(v) for k, v in (kv.split("=", 1) for kv in FLAGS.set)}
     options["include_top"] = not FLAGS["no-top"].value
     if FLAGS["num-classes"].value is not None:
         options["num_classes"] = FLAGS["num-classes"].value
-    variables = zoo.pretrained.load(FLAGS.model, source=FLAGS.source, path=FLAGS.input,
-                                    **options)
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(out, variables, force=FLAGS.overwrite)
-    ckpt.wait_until_finished()
-    counts = {c: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
-              for c, t in variables.items()}
+    try:
+        counts = zoo.pretrained.save(FLAGS.model, FLAGS.output, source=FLAGS.source,
+                                     path=FLAGS.input, overwrite=FLAGS.overwrite, **options)
+    except FileExistsError as e:
+        raise SystemExit(str(e)) from None
+    out = Path(FLAGS.output).resolve()
     print(f"{FLAGS.model}: wrote {out} ({', '.join(f'{c} {n:,}' for c, n in counts.items())})")
 
 

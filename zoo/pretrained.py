@@ -181,6 +181,25 @@ def _shapes(model: nn.Module, size: int, capture: str | None = None):
     return shapes, (found[0] if found else None)
 
 
+def save(name: str, output: str | os.PathLike, *, source: str | None = None,
+         path: str | os.PathLike | None = None, overwrite: bool = False,
+         **options: Any) -> dict[str, int]:
+    """:func:`load` the weights, then write them to ``output`` as an orbax checkpoint of
+    ``{'params', 'batch_stats'}`` (what ``scripts.convert`` does); the count of values per
+    collection. An existing ``output`` is a :class:`FileExistsError` unless ``overwrite``."""
+    out = Path(output).resolve()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    variables = load(name, source=source, path=path, **options)
+    import orbax.checkpoint as ocp
+
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(out, variables, force=overwrite)
+    ckpt.wait_until_finished()
+    return {c: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
+            for c, t in variables.items()}
+
+
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not (path / "_METADATA").exists():
         raise WeightFileError(f"{path}: a directory, but not an orbax checkpoint written by "
