@@ -14,6 +14,7 @@ import pytest
 import weight_files as W
 
 import zoo
+from zoo import published
 from zoo.weights import download
 
 
@@ -70,7 +71,7 @@ def test_load_downloads_once_and_verifies(r50, tmp_path, monkeypatch):
     site.mkdir(parents=True)
     name = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
     (site / name).write_bytes(path.read_bytes())
-    monkeypatch.setattr(download, "KERAS", (tmp_path / "site").as_uri() + "/")
+    monkeypatch.setattr(published, "KERAS", (tmp_path / "site").as_uri() + "/")  # its home
     monkeypatch.setitem(download.SHA256, name, download.digests(path)[0])
     monkeypatch.setenv("TRANSFER_ZOO_CACHE", str(cache := tmp_path / "cache"))
     v = zoo.pretrained.load("resnet50")
