@@ -22,7 +22,7 @@ import numpy as np
 import zoo
 from train import checkpoint as C
 from train import data as D
-from train import metrics, plots
+from train import device, metrics, plots
 from train import model as M
 from train import step as T
 from train.pipeline import Loader
@@ -31,15 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def predict_loader(eval_fn, state: T.TrainState, loader: Loader, mesh) -> tuple[np.ndarray, ...]:
-    """``(probabilities [N, K], labels [N])`` over a loader, padding removed."""
-    probs, labels, masks = [], [], []
-    for batch in loader.epoch(0):
-        sharded = T.shard_batch(batch, mesh)
-        probs.append(T.to_host(eval_fn(state, sharded)))
-        labels.append(T.to_host(sharded["label"]))
-        masks.append(T.to_host(sharded["mask"]))
-    keep = np.concatenate(masks) > 0
-    return np.concatenate(probs)[keep], np.concatenate(labels)[keep]
+    """``(probabilities [N, K], labels [N])`` over a loader, padding removed (one fetch at
+    the end: ``train.device.predict``)."""
+    probs, kept = device.predict(eval_fn, state, loader.epoch(0), mesh, keep=("label",))
+    return probs, kept["label"]
 
 
 def classification(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],

@@ -31,7 +31,7 @@ import numpy as np
 from flax import linen as nn
 
 import zoo
-from train import logs
+from train import device, logs
 from train import model as M
 from train import step as T
 from train.data import Source
@@ -125,14 +125,10 @@ def compute(config, variables: dict, source: Source, indices: np.ndarray, mesh) 
     fn = T.jit_eval(features, mesh)
     v = T.replicate(backbone_variables(variables), mesh)
     bar = logs.progress(len(indices), 0, "features", config.progress)
-    out, masks = [], []
-    for batch in loader.epoch(0):
-        sharded = T.shard_batch(batch, mesh)
-        out.append(T.to_host(fn(v, sharded)))
-        masks.append(T.to_host(sharded["mask"]))
-        bar.update(int(batch["mask"].sum()))
+    feats, _ = device.predict(fn, v, loader.epoch(0), mesh,
+                              on_batch=lambda b: bar.update(int(b["mask"].sum())))
     bar.close()
-    return np.concatenate(out)[np.concatenate(masks) > 0]
+    return feats
 
 
 def cached_features(config, spec: zoo.ModelSpec, variables: dict, source: Source,

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from train import checkpoint as C
-from train import classification, logs, plots, stages
+from train import classification, device, logs, plots, stages
 from train import freeze as F
 from train import step as T
 from train.detection import task as detection
@@ -205,29 +205,60 @@ def _check_finite(m: dict, step: int, epoch: int, batch: int, ckpt: C.Checkpoint
         "--config.learning_rate or set --config.grad_clip")
 
 
+def _read(run: Run, meta: dict, pending: list, epoch: int) -> tuple[dict, dict | None]:
+    """Fetch the metrics of the ``pending`` steps (one transfer), check each is finite in
+    order (a non-finite step raises before anything after it is saved), add them to the
+    epoch sums; the position after the last of them, and its metrics."""
+    if not pending:
+        return meta, None
+    fetched = jax.device_get([m for _, _, m in pending])
+    sums = meta["sums"]
+    for (step, batch, _), m in zip(pending, fetched, strict=True):
+        _check_finite(m, step, epoch, batch, run.ckpt)
+        sums = _add(sums, m)
+    step, batch, _ = pending[-1]
+    pending.clear()
+    return {**meta, "step": step, "epoch": epoch, "batch": batch, "sums": sums}, fetched[-1]
+
+
 def _epochs(run: Run, state: T.TrainState, meta: dict) -> T.TrainState:
-    """Epochs from the checkpointed position on; returns the final state."""
+    """Epochs from the checkpointed position on; returns the final state.
+
+    The host never waits for a step it has just dispatched: the next batches are copied
+    onto the devices ahead (``train.device.prefetch``), and step metrics stay there until
+    they are read every ``log_every_steps``, before every checkpoint and at the end of an
+    epoch (``_read``). A step is only checkpointed after it and every step before it were
+    read and found finite.
+    """
     c, per_epoch = run.config, len(run.task.train_loader)
+    ahead = max(1, c.data.prefetch)
     for epoch in range(meta["epoch"], c.epochs):
         start = meta["batch"] if epoch == meta["epoch"] else 0
-        sums = dict(meta["sums"]) if start else _zero_sums(run.task)
+        if not start:
+            meta = {**meta, "sums": _zero_sums(run.task)}
         bar = logs.progress(per_epoch * c.batch_size, start * c.batch_size,
                             f"epoch {epoch + 1}/{c.epochs}", c.progress)
-        t0, seen = time.perf_counter(), 0
-        for i, batch in enumerate(run.task.train_loader.epoch(epoch, start), start):
-            if meta["step"] >= run.total_steps:
+        t0, seen, step, pending = time.perf_counter(), 0, meta["step"], []
+        batches = device.prefetch(run.task.train_loader.epoch(epoch, start), run.mesh, ahead)
+        for i, (_, batch) in enumerate(batches, start):
+            if step >= run.total_steps:
                 break
-            state, m = run.train_fn(state, T.shard_batch(batch, run.mesh))
-            m = jax.device_get(m)
-            _check_finite(m, meta["step"] + 1, epoch, i + 1, run.ckpt)
-            sums, seen = _add(sums, m), seen + c.batch_size
+            state, m = run.train_fn(state, batch)
+            step += 1
+            pending.append((step, i + 1, m))
             if i == start:  # time from the end of the first step: no compile time
+                jax.block_until_ready(m)
                 t0, seen = time.perf_counter(), 0
+            else:
+                seen += c.batch_size
+            device.bound([p[2] for p in pending], ahead)
             bar.update(c.batch_size)
-            bar.set_postfix(loss=f"{sums['loss'] / max(sums['count'], 1):.4f}", refresh=False)
-            meta = {**meta, "step": meta["step"] + 1, "epoch": epoch, "batch": i + 1,
-                    "sums": sums}
-            _after_step(run, state, meta, m, seen / max(time.perf_counter() - t0, 1e-9))
+            if step % c.log_every_steps == 0 or step % c.checkpoint_every_steps == 0:
+                meta, last = _read(run, meta, pending, epoch)
+                bar.set_postfix(loss=f"{meta['sums']['loss'] / max(meta['sums']['count'], 1):.4f}",
+                                refresh=False)
+                _after_step(run, state, meta, last, seen / max(time.perf_counter() - t0, 1e-9))
+        meta, _ = _read(run, meta, pending, epoch)
         bar.close()
         if meta["batch"] < per_epoch:  # max_steps reached inside the epoch
             run.ckpt.save(state, meta)
