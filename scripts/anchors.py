@@ -9,6 +9,7 @@ as a Python literal for ``config.detection.anchors``, and the mean best IoU of t
 
 from absl import app, flags
 
+from scripts import cli
 from train.detection.anchors import kmeans_anchors, letterboxed_sizes, split_scales
 from train.detection.data import open_detection_source
 
@@ -39,5 +40,10 @@ def main(argv):
     print(f"anchors = {split_scales(anchors, per_scale)!r}")
 
 
+def run(argv=None):
+    """The script with one-line errors (``scripts/cli.py``)."""
+    cli.run(main, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

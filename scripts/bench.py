@@ -10,6 +10,7 @@ and BENCHMARKS.md.
 
 from absl import app, flags
 
+from scripts import cli
 from train import bench
 
 FLAGS = flags.FLAGS
@@ -49,5 +50,10 @@ def main(argv):
                   markdown_path=FLAGS.markdown)
 
 
+def run(argv=None):
+    """The script with one-line errors (``scripts/cli.py``)."""
+    cli.run(main, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

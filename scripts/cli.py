@@ -1,6 +1,30 @@
-"""What the command-line scripts share: flag checks that make bad input one clear line."""
+"""What the command-line scripts share: bad input and ordinary faults as one clear line.
 
-from absl import flags
+Every script ends with ``run(main)`` (``cli.run``) instead of ``absl.app.run(main)``:
+the project's own errors (:class:`train.errors.UserError`, and the ``ValueError``/
+``OSError``/``RuntimeError`` that the project's code raises with a message for the user),
+a bad ``--config`` override and a full disk are printed as one line, ``error: ...``,
+with exit status 2. ``--verbose`` shows the traceback instead. Anything else (a bug) keeps
+its traceback.
+
+``scripts/main.py`` (the ``transfer-zoo`` command) calls a script's ``run(argv)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.")
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _known_model(name: str | None) -> bool:
@@ -17,3 +41,96 @@ def _known_model(name: str | None) -> bool:
 def check_model_flag(name: str = "model") -> None:
     """Validate flag ``name`` as a registered model (unset passes: mark it required)."""
     flags.register_validator(name, _known_model)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _ours(e: BaseException) -> bool:
+    """Whether ``e`` was raised by this project's code (its last frame is in the repository,
+    not in an installed library)."""
+    tb, last = e.__traceback__, None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    if last is None:
+        return False
+    last = os.path.abspath(last)
+    return last.startswith(ROOT + os.sep) and os.sep + ".venv" + os.sep not in last[len(ROOT):] \
+        and "site-packages" not in last
+
+
+def one_line(text: str, limit: int = 800) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    return str(e) or type(e).__name__
+
+
+def explain(e: BaseException) -> str | None:
+    """The one line for an error a user can fix; None for anything else (a bug)."""
+    from train.errors import UserError
+
+    for x in _chain(e):
+        full = isinstance(x, OSError) and x.errno in DISK_FULL
+        if full or "No space left on device" in str(x) or "File too large" in str(x):
+            where = f" writing {x.filename}" if getattr(x, "filename", None) else ""
+            why = (os.strerror(x.errno) if isinstance(x, OSError) and x.errno
+                   else "No space left on device")
+            return (f"disk full{where} ({why}): free some space or use another --workdir or "
+                    "--out, then run the same command again (a training run resumes from its "
+                    "newest complete checkpoint)")
+    if isinstance(e, UserError):
+        return one_line(_message(e))
+    if isinstance(e, ValueError | OSError | RuntimeError | KeyError) and _ours(e):
+        return one_line(_message(e))
+    return None
+
+
+def _verbose(argv: list[str]) -> bool:
+    return any(a in ("--verbose", "-verbose", "--verbose=true", "--verbose=1") for a in argv)
+
+
+def _parse(argv: list[str]) -> list[str]:
+    """absl's flag parsing; a failure outside absl's own flag errors (a ``--config`` file
+    or override that does not load) as one line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error:
+        raise  # absl prints these in two lines and exits 1
+    except Exception as e:  # noqa: BLE001
+        if _verbose(argv):
+            raise
+        text = one_line(_message(e))
+        if isinstance(e, AttributeError | KeyError) and "config." in " ".join(argv):
+            text = f"unknown --config key: {text.strip(chr(39))} (train/configs/base.py lists them)"
+        print(f"error: {text}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
+    """``absl.app.run(main)`` with the project's errors as one line and exit status 2."""
+
+    def wrapped(args: list[str]) -> int | None:
+        try:
+            return main(args)
+        except (SystemExit, KeyboardInterrupt, app.UsageError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            line = explain(e)
+            if line is None or FLAGS.verbose:
+                raise
+            print(f"error: {line}", file=sys.stderr)
+            return 2
+
+    if not _verbose(sys.argv if argv is None else argv):
+        logging.raiseExceptions = False  # a full disk: no "Logging error" tracebacks
+    app.run(wrapped, argv=argv, flags_parser=_parse)

@@ -59,5 +59,10 @@ def main(argv):
     print(f"{FLAGS.model}: wrote {out} ({', '.join(f'{c} {n:,}' for c, n in counts.items())})")
 
 
+def run(argv=None):
+    """The script with one-line errors (``scripts/cli.py``)."""
+    cli.run(main, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -10,6 +10,7 @@ import json
 
 from absl import app, flags
 
+from scripts import cli
 from train.detection import evaluate
 
 FLAGS = flags.FLAGS
@@ -28,5 +29,10 @@ def main(argv):
         print(json.dumps(r))
 
 
+def run(argv=None):
+    """The script with one-line errors (``scripts/cli.py``)."""
+    cli.run(main, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -5,12 +5,18 @@
 
 A detection workdir reports VOC mAP@0.5 and COCO AP@[.5:.95] per class in
 ``eval_<split>.json``; ``--split`` is then a split of the data (a VOC ImageSets/Main name).
+
+A classification workdir's ``splits.json`` records the data it was trained on; when the
+data changed (files added, removed or renamed), evaluating its splits is refused with what
+changed (the saved indices would point at other images), unless ``--rederive``. A
+previous ``eval_<name>.json`` with other numbers is kept as ``eval_<name>.<n>.json``.
 """
 
 import json
 
 from absl import app, flags
 
+from scripts import cli
 from train import task
 
 FLAGS = flags.FLAGS
@@ -19,16 +25,25 @@ flags.DEFINE_string("data", None, "Data source (default: the run's own, its test
 flags.DEFINE_string("split", None, "Split of the run's own source: train, validation, test, all.")
 flags.DEFINE_string("positive_class", None, "Class for sensitivity/specificity/ROC AUC.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint.")
+flags.DEFINE_bool("rederive", False, "When the run's data changed since training: find the "
+                  "split's files again by name (new files are left out) instead of refusing.")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     report = task.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
-                           positive_class=FLAGS.positive_class, which=FLAGS.checkpoint)
+                           positive_class=FLAGS.positive_class, which=FLAGS.checkpoint,
+                           rederive=FLAGS.rederive)
     print(json.dumps(report, indent=2))
     print(task.summary(report))
 
 
+def run(argv=None):
+    """The script with one-line errors (``scripts/cli.py``)."""
+    cli.run(main, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

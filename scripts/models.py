@@ -6,6 +6,7 @@
 from absl import app, flags
 
 import zoo
+from scripts import cli
 from zoo.summary import table
 
 FLAGS = flags.FLAGS
@@ -23,5 +24,10 @@ def main(argv):
     print(f"\n{len(names)} models; counts computed with jax.eval_shape (no FLOPs, no memory).")
 
 
+def run(argv=None):
+    """The script with one-line errors (``scripts/cli.py``)."""
+    cli.run(main, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

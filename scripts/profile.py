@@ -29,5 +29,10 @@ def main(argv):
                     trace_dir=FLAGS["trace-dir"].value)
 
 
+def run(argv=None):
+    """The script with one-line errors (``scripts/cli.py``)."""
+    cli.run(main, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,5 +1,6 @@
 """Train a zoo model on its task, image classification or detection (resumes when the
-workdir has a run). The model's task picks the data, loss and metrics; one loop
+workdir has a run with the same config: another config is refused unless ``--overwrite``;
+only one run at a time per workdir). The model's task picks the data, loss and metrics; one loop
 (``train/loop.py``) trains them all. Detection recipes: ``train/configs/bccd_yolo.py``,
 ``shapes_yolo.py``.
 
@@ -10,19 +11,28 @@ workdir has a run). The model's task picks the data, loss and metrics; one loop
 from absl import app, flags
 from ml_collections import config_flags
 
+from scripts import cli
 from train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A train/configs/<recipe>.py file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_bool("overwrite", False, "Discard a run with another config in --workdir and "
+                  "start again (once the new config's checks have passed).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    del argv
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+
+
+def run(argv=None):
+    """The script with one-line errors (``scripts/cli.py``)."""
+    cli.run(main, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

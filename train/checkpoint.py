@@ -4,12 +4,19 @@ Layout under ``<workdir>/checkpoints``: ``last/<step>/{state,meta}`` (every K st
 at each epoch end, the newest ``keep`` kept) and ``best/<step>/{state,meta}`` (the best
 validation score so far). ``meta`` is JSON: the data position (epoch, batch), the
 running epoch sums and the best score, so that a resumed run continues bit for bit.
+
+A checkpoint that cannot be read (a file truncated by a crash or a full disk) is not the
+end of a run: restore falls back to the newest readable one (a ``best`` restore, finally,
+to ``last``), with a warning that names the bad one, which is moved to
+``checkpoints/unreadable/`` so that the resumed run can save that step again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from train.errors import CheckpointError
 from train.freeze import flat_paths
 
 log = logging.getLogger(__name__)
@@ -57,15 +65,47 @@ class Checkpoints:
         return getattr(self, which).latest_step()
 
     def restore(self, target: Any, which: str = "last") -> tuple[Any, dict]:
-        """``(state, meta)`` of the newest ``which`` checkpoint, laid out like ``target``."""
+        """``(state, meta)`` of the newest readable ``which`` checkpoint, laid out like
+        ``target``; unreadable ones are named in the log and moved aside. A ``best`` restore
+        with no readable ``best`` falls back to ``last``."""
         mngr = getattr(self, which)
-        step = mngr.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no {which!r} checkpoint in {mngr.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        out = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return out["state"], out["meta"]
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                  meta=ocp.args.JsonRestore())
+        bad, paths = [], []
+        for step in sorted(mngr.all_steps(), reverse=True):
+            try:
+                out = mngr.restore(step, args=args)
+            except Exception as e:  # noqa: BLE001  (any failure: try the one before)
+                paths.append(os.path.join(str(mngr.directory), str(step)))
+                bad.append(_unreadable(paths[-1], e))
+                continue
+            self._set_aside(which, paths)
+            return out["state"], out["meta"]
+        self._set_aside(which, paths)
+        if which == "best" and self.last.latest_step() is not None:
+            log.warning("no readable 'best' checkpoint: using the newest 'last' one")
+            return self.restore(target, "last")
+        if bad:
+            raise CheckpointError(f"no readable {which!r} checkpoint in {mngr.directory}: "
+                                  f"{'; '.join(bad)}; start again with --overwrite")
+        raise FileNotFoundError(f"no {which!r} checkpoint in {mngr.directory}")
+
+    def _set_aside(self, which: str, paths: list[str]) -> None:
+        """Move unreadable checkpoints of ``which`` to ``checkpoints/unreadable``."""
+        if not paths:
+            return
+        mngr = getattr(self, which)
+        root = os.path.dirname(str(mngr.directory))
+        for path in paths:
+            dest = os.path.join(root, "unreadable", f"{which}-{os.path.basename(path)}")
+            base, n = dest, 1
+            while os.path.exists(dest):
+                dest, n = f"{base}.{n}", n + 1
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.move(path, dest)
+            log.warning("moved the unreadable checkpoint %s to %s", path, dest)
+        mngr.reload()
 
     def wait(self) -> None:
         """Block until asynchronous saves are on disk."""
@@ -100,21 +140,56 @@ def pretrained_variables(model_name: str, weights: str, **model_kwargs: Any) -> 
 PRETRAINED: Callable[..., dict[str, Any]] = pretrained_variables
 
 
-def restore_variables(path: str) -> dict[str, Any]:
-    """``{'params', 'batch_stats'}`` from a workdir, a checkpoint folder or a pytree checkpoint."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "checkpoints")):  # a training workdir: best, else last
-        best = os.path.join(path, "checkpoints", "best")
-        path = best if Checkpoints.steps(best) else os.path.join(path, "checkpoints", "last")
-    steps = Checkpoints.steps(path)
-    if steps:  # a CheckpointManager folder: its newest step
-        path = os.path.join(path, str(steps[-1]))
+def _unreadable(path: str, e: Exception) -> str:
+    """Log and describe an unreadable checkpoint folder (named, with its file when known)."""
+    what = " ".join(str(e).split())[:300] or type(e).__name__
+    if isinstance(e, json.JSONDecodeError) or "JSONDecodeError" in type(e).__name__:
+        what = f"{os.path.join(path, 'meta', 'metadata')} is not valid JSON: {what}"
+    log.warning("checkpoint %s is unreadable (%s): trying the one before", path, what)
+    return f"{path} ({what})"
+
+
+def _restore_tree(path: str) -> dict[str, Any]:
     if os.path.isdir(os.path.join(path, "state")):
         path = os.path.join(path, "state")
     tree = ocp.StandardCheckpointer().restore(path)
     if "params" not in tree:
         raise ValueError(f"{path} holds no 'params' (found keys {sorted(tree)})")
     return {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
+
+
+def restore_newest(directory: str) -> tuple[int, dict[str, Any]]:
+    """``(step, {'params', 'batch_stats'})`` of the newest readable step of a manager
+    folder (unreadable ones are named in the log and skipped)."""
+    bad = []
+    for step in reversed(Checkpoints.steps(directory)):
+        try:
+            return step, _restore_tree(os.path.join(directory, str(step)))
+        except Exception as e:  # noqa: BLE001
+            bad.append(_unreadable(os.path.join(directory, str(step)), e))
+    if bad:
+        raise CheckpointError(f"no readable checkpoint in {directory}: {'; '.join(bad)}")
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+
+
+def restore_variables(path: str) -> dict[str, Any]:
+    """``{'params', 'batch_stats'}`` from a workdir, a checkpoint folder or a pytree checkpoint
+    (of a workdir: its best, else last, checkpoint; the newest readable one)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):  # a training workdir: best, else last
+        best = os.path.join(path, "checkpoints", "best")
+        last = os.path.join(path, "checkpoints", "last")
+        if Checkpoints.steps(best):
+            try:
+                return restore_newest(best)[1]
+            except CheckpointError:
+                if not Checkpoints.steps(last):
+                    raise
+                log.warning("no readable best checkpoint in %s: using the last one", path)
+        path = last
+    if Checkpoints.steps(path):  # a CheckpointManager folder: its newest readable step
+        return restore_newest(path)[1]
+    return _restore_tree(path)
 
 
 def load_init(init: str, model_name: str, variables: dict, *, init_head: bool = False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import difflib
 import io
 import logging
 import os
@@ -16,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from train.errors import ImageError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,41 +48,98 @@ class Source:
 def open_source(spec: str, *, seed: int = 0, synthetic_size: int = 2000,
                 tfds_split: str = "train", tfds_data_dir: str = "", download: bool = True,
                 workers: int = 2) -> Source:
-    """Open ``synthetic``, ``folder:<path>`` or ``tfds:<name>`` as a :class:`Source`."""
+    """Open ``synthetic``, ``malaria[:<path>]``, ``folder:<path>`` or ``tfds:<name>`` as a
+    :class:`Source` (``malaria`` and the tfds checks: ``train/public.py``)."""
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         return synthetic_source(synthetic_size, seed=seed)
     if kind == "folder" and arg:
         return folder_source(arg, workers=workers)
+    if kind == "malaria":
+        from train import public
+
+        return public.malaria_source(arg or None, workers=workers)
     if kind == "tfds" and arg:
-        return tfds_source(arg, split=tfds_split, data_dir=tfds_data_dir or None,
-                           download=download)
-    raise ValueError(
-        f"unknown data source {spec!r}; use 'synthetic', 'folder:<path>' or 'tfds:<name>'"
-    )
+        from train import public
+
+        return public.tfds_source(arg, split=tfds_split, data_dir=tfds_data_dir or None,
+                                  download=download)
+    raise ValueError(f"unknown data source {spec!r}; use 'synthetic', 'malaria', "
+                     "'folder:<path>' or 'tfds:<name>'")
 
 
 # --------------------------------------------------------------------------- folders
 
 
-def _readable(path: str) -> bool:
+def _readable(path: str) -> str | None:
+    """None when the file decodes completely, else why not (a header and checksum check,
+    ``Image.verify``, passes a PNG whose compressed stream is broken)."""
     try:
-        with Image.open(path) as im:
-            im.verify()  # header and chunk checksums, without a full decode
-        return True
-    except Exception:  # noqa: BLE001  (any failure means: skip this file)
-        return False
+        decode(path)
+        return None
+    except Exception as e:  # noqa: BLE001  (any failure means: skip this file)
+        return " ".join(str(e).split()) or type(e).__name__
+
+
+# 16-bit and 32-bit integer greyscale: PNG/TIFF 16-bit samples span 0..65535.
+_WIDE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """Any PIL image -> HxWx3 uint8 RGB.
+
+    16-bit greyscale (``I;16*``, and ``I``, which PIL uses for 16-bit samples too) is scaled
+    from 0..65535, not clipped at 255; float images (``F``) are read as 0..1 when they fit
+    in it, else as 0..255; palette, alpha, CMYK, YCbCr, LAB, HSV and 1-bit images go
+    through PIL's conversions (alpha is dropped).
+    """
+    mode = im.mode
+    if mode in _WIDE or mode.startswith("I;16") or mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        if mode == "F":
+            scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
+        else:
+            scale = 255.0 / _WIDE.get(mode, 65535.0)
+        grey = np.clip(np.rint(np.nan_to_num(a * scale)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode == "RGB":
+        return np.asarray(im)
+    try:
+        return np.asarray(im.convert("RGB"))
+    except ValueError:  # e.g. premultiplied 'La': through its plain-alpha form
+        return np.asarray(im.convert(mode.replace("a", "A")).convert("RGB"))
 
 
 def decode(data: bytes | str) -> np.ndarray:
-    """Encoded image bytes (or a file path) -> HxWx3 uint8 RGB."""
+    """Encoded image bytes (or a file path) -> HxWx3 uint8 RGB, decoded completely."""
     src = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     with Image.open(src) as im:
-        return np.asarray(im.convert("RGB"))
+        im.load()
+        return to_rgb(im)
+
+
+def decode_file(path: str) -> np.ndarray:
+    """An image file -> HxWx3 uint8 RGB; :class:`ImageError` naming the file when it cannot
+    be read (missing, a folder, empty, truncated, broken, not an image)."""
+    if os.path.isdir(path):
+        raise ImageError(f"{path} is a folder, not an image file")
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path} is empty (0 bytes)")
+    try:
+        return decode(path)
+    except Exception as e:  # noqa: BLE001
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise ImageError(f"cannot read image {path}: {why}") from e
 
 
 def folder_source(root: str, *, workers: int = 2) -> Source:
-    """``root/<class>/<image>`` (Kaggle ``cell_images`` layout); corrupt files skipped."""
+    """``root/<class>/<image>`` (Kaggle ``cell_images`` layout).
+
+    Every file is decoded once here: one that does not decode completely (truncated,
+    a broken compressed stream, not an image) is skipped, counted and named in the log.
+    """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root!r} does not exist")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
@@ -93,19 +153,19 @@ def folder_source(root: str, *, workers: int = 2) -> Source:
             raise ValueError(f"class folder {os.path.join(root, name)!r} has no images")
         files += [(f"{name}/{f}", label) for f in found]
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        ok = list(pool.map(_readable, (os.path.join(root, k) for k, _ in files), chunksize=64))
-    bad = [k for (k, _), good in zip(files, ok, strict=True) if not good]
+        why = list(pool.map(_readable, (os.path.join(root, k) for k, _ in files), chunksize=64))
+    bad = [f"{k} ({w})" for (k, _), w in zip(files, why, strict=True) if w is not None]
     if bad:
-        log.warning("skipped %d unreadable image file(s) in %s, e.g. %s", len(bad), root,
-                    ", ".join(bad[:5]))
-    files = [f for f, good in zip(files, ok, strict=True) if good]
+        log.warning("skipped %d unreadable image file(s) in %s: %s", len(bad), root,
+                    "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    files = [f for f, w in zip(files, why, strict=True) if w is None]
     labels = np.asarray([lab for _, lab in files], np.int32)
     for label, name in enumerate(classes):
         if not np.any(labels == label):
             raise ValueError(f"class {name!r} in {root!r} has no readable images")
     keys = [k for k, _ in files]
     return Source(f"folder:{root}", tuple(classes), labels, keys,
-                  lambda i: decode(os.path.join(root, keys[i])), skipped=len(bad))
+                  lambda i: decode_file(os.path.join(root, keys[i])), skipped=len(bad))
 
 
 # --------------------------------------------------------------------------- tfds
@@ -116,7 +176,14 @@ def tfds_source(name: str, *, split: str = "train", data_dir: str | None = None,
     """A tfds dataset through ``tfds.data_source`` (array_record; no TensorFlow needed)."""
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        base = name.split(":")[0].split("/")[0]
+        close = difflib.get_close_matches(base, tfds.list_builders(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"tfds has no dataset {name!r}; {hint}(tfds.list_builders() lists "
+                        "them; a folder of images is folder:<path>)") from None
     ds = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
     # Reading the labels decodes every image once (about 30 s for malaria's 27,558).
     # tfds.decode.SkipDecoding would avoid it, but needs TensorFlow under mock_data.
@@ -131,11 +198,21 @@ def tfds_source(name: str, *, split: str = "train", data_dir: str | None = None,
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
+    """A decoded tfds image array -> uint8 RGB (16-bit scaled from 0..65535, floats from
+    0..1, never wrapped or clipped by a cast)."""
     if img.ndim == 2:
         img = img[..., None]
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
-    return img[..., :3].astype(np.uint8)
+    img = img[..., :3]
+    if img.dtype == np.uint8:
+        return img
+    x = img.astype(np.float64)
+    if img.dtype in (np.uint16, np.int32, np.uint32):
+        x = x * (255.0 / 65535.0)
+    elif img.dtype.kind == "f" and x.size and np.nanmax(x) <= 1.0:
+        x = x * 255.0
+    return np.clip(np.rint(np.nan_to_num(x)), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -25,6 +25,8 @@ from train import data as D
 from train import device, metrics, plots
 from train import model as M
 from train import step as T
+from train import workdir as W
+from train.errors import ImageError, WorkdirError
 from train.pipeline import Loader
 
 log = logging.getLogger(__name__)
@@ -55,12 +57,14 @@ def summary(report: dict[str, Any]) -> str:
 
 def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: str,
                  name: str) -> str:
-    """Write ``eval_<name>.json``, ``confusion_<name>.png``, ``roc_<name>.png``; the JSON path."""
+    """Write ``eval_<name>.json``, ``confusion_<name>.png``, ``roc_<name>.png``; the JSON path.
+
+    A previous ``eval_<name>.json`` with other contents is kept (``eval_<name>.<n>.json``).
+    """
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "eval"
     path = os.path.join(workdir, f"eval_{name}.json")
     if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(_json_safe(report), f, indent=2)
+        W.write_result(path, _json_safe(report))
         plots.plot_confusion(np.asarray(report["confusion_matrix"]), report["class_names"],
                              os.path.join(workdir, f"confusion_{name}.png"),
                              f"{report.get('data', '')}\naccuracy {report['accuracy']:.4f}")
@@ -81,44 +85,99 @@ def _json_safe(x: Any) -> Any:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The ``config.json`` a training run wrote."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise WorkdirError(f"workdir {workdir} does not exist; give the --workdir of a "
+                           "training run (python -m scripts.train ... --workdir DIR)")
+    if not os.path.exists(path):
+        raise WorkdirError(f"{workdir} is not a training workdir (it has no config.json): give "
+                           "the --workdir a training run wrote, or train into it first")
+    return ml_collections.ConfigDict(W.read_json(path, "config of the run"))
+
+
+def load_splits(workdir: str) -> dict[str, Any]:
+    """The workdir's ``splits.json``, checked against its ``config.json``."""
+    path = os.path.join(workdir, "splits.json")
+    if not os.path.exists(path):
+        raise WorkdirError(f"{workdir} has no splits.json (its run stopped before training "
+                           "started): run the training command again")
+    return W.read_json(path, "record of the run's splits")
 
 
 def load_run(workdir: str, which: str = "best") -> dict[str, Any]:
     """Config, class names, model, jitted eval function and state of a trained workdir."""
     config = load_config(workdir)
-    with open(os.path.join(workdir, "splits.json")) as f:
-        class_names = tuple(json.load(f)["info"]["classes"])
+    class_names = tuple(load_splits(workdir)["info"]["classes"])
     root = os.path.join(workdir, "checkpoints")
     if which == "best" and not C.Checkpoints.steps(os.path.join(root, "best")):
         which = "last"
     steps = C.Checkpoints.steps(os.path.join(root, which))
     if not steps:
-        raise FileNotFoundError(f"{workdir} has no checkpoint yet (looked in {root}/{which})")
-    variables = C.restore_variables(os.path.join(root, which, str(steps[-1])))
+        raise WorkdirError(f"{workdir} has no checkpoint yet (looked in {root}/{which}): train "
+                           "it first (re-running the training command resumes)")
+    step, variables = C.restore_newest(os.path.join(root, which))
     mesh = T.make_mesh()
     spec = zoo.spec(config.model.name)
     model = M.build_model(config, len(class_names))
-    state = T.replicate(T.TrainState(step=jnp.asarray(steps[-1], jnp.int32), opt_state={},
+    state = T.replicate(T.TrainState(step=jnp.asarray(step, jnp.int32), opt_state={},
                                      rng=jax.random.PRNGKey(0), **variables), mesh)
     return dict(config=config, class_names=class_names, mesh=mesh, state=state,
                 eval_fn=T.jit_eval(T.make_eval_step(model, spec.normalize), mesh),
-                checkpoint=f"{which} step {steps[-1]}")
+                checkpoint=f"{which} step {step}")
 
 
 def _loader(run: dict, source: D.Source, indices: np.ndarray) -> Loader:
     c, n = run["config"], run["mesh"].devices.size
     return Loader(source, indices, batch_size=-(-c.batch_size // n) * n,
-                  image_size=c.data.image_size, workers=c.data.workers, cache=False)
+                  image_size=c.data.image_size, workers=c.data.workers, cache=False,
+                  prefetch=c.data.get("prefetch", 2), processes=c.data.get("processes", 0))
+
+
+# splits.json "info" entries and the config keys they were made from
+_SPLIT_KEYS = {"source": "data.source", "seed": "seed", "fractions": "data.splits",
+               "group_regex": "data.group_regex", "limit": "data.limit"}
+
+
+def _split_indices(workdir: str, c, source: D.Source, split: str,
+                   rederive: bool) -> tuple[np.ndarray, str]:
+    """The saved indices of ``split``, after checking that the workdir's config, its
+    splits and the data opened now still belong together."""
+    path = os.path.join(workdir, "splits.json")
+    saved = load_splits(workdir)
+    if split not in saved:
+        raise WorkdirError(f"{path} has no split {split!r}; use train, validation, test or all")
+    info, flat = saved.get("info", {}), W.flat(c.to_dict())
+    odd = [f"{k} {info[k]!r} in splits.json, {flat[key]!r} in config.json"
+           for k, key in _SPLIT_KEYS.items()
+           if k in info and key in flat and json.dumps(info[k]) != json.dumps(flat[key])]
+    if odd:
+        raise WorkdirError(f"{workdir}: config.json and splits.json do not belong to the same "
+                           f"run ({'; '.join(odd)}); restore the run's own files, or train again "
+                           "in a new workdir")
+    changed = W.verify_data(saved, source, path)
+    if changed is None:
+        return np.asarray(saved[split], np.int64), ""
+    if not rederive:
+        raise WorkdirError(
+            f"the data of {workdir} changed since it was trained: {c.data.source}: "
+            f"{'; '.join(changed)}. Its saved {split} indices would point at other images "
+            "(possibly training ones). Restore the data, evaluate the new data whole with "
+            "--data, or pass --rederive to find the split's files again by name")
+    idx = W.rederive(saved, source, split, path)
+    log.warning("data changed since training (%s): the %s split found again by file name",
+                "; ".join(changed), split)
+    return np.asarray(idx, np.int64), ", re-derived by file name"
 
 
 def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
-             positive_class: str | None = None, which: str = "best") -> dict[str, Any]:
+             positive_class: str | None = None, which: str = "best",
+             rederive: bool = False) -> dict[str, Any]:
     """Evaluate a workdir's checkpoint on its test split or on any data source; write JSON.
 
     With ``data`` equal to the training source (or None) the saved ``split`` (default
-    ``test``) is used; any other source is evaluated whole.
+    ``test``) is used, after checking the data against what ``splits.json`` recorded
+    (refused when it changed, unless ``rederive``: the split's files found by name); any
+    other source is evaluated whole.
     """
     run = load_run(workdir, which)
     c, class_names = run["config"], run["class_names"]
@@ -127,17 +186,17 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
                            tfds_split=c.data.tfds_split, tfds_data_dir=c.data.tfds_data_dir,
                            download=c.data.download, workers=c.data.workers)
     labels = _map_labels(source, class_names)
+    how = ""
     if data == c.data.source and split != "all":
         split = split or "test"
-        with open(os.path.join(workdir, "splits.json")) as f:
-            indices = np.asarray(json.load(f)[split], np.int64)
+        indices, how = _split_indices(workdir, c, source, split, rederive)
     else:
         split, indices = "all", np.arange(len(source))
     source = D.Source(source.spec, class_names, labels, source.keys, source.load)
     probs, y = predict_loader(run["eval_fn"], run["state"], _loader(run, source, indices),
                               run["mesh"])
     pos = positive_class if positive_class is not None else c.positive_class
-    report = classification(probs, y, class_names, pos, data=f"{data} ({split} split)"
+    report = classification(probs, y, class_names, pos, data=f"{data} ({split} split{how})"
                             if split != "all" else data, checkpoint=run["checkpoint"])
     name = split if data == c.data.source else f"{data.partition(':')[2] or data}_{split}"
     report["json"] = write_report(report, probs, y, workdir, name)
@@ -156,14 +215,24 @@ def _map_labels(source: D.Source, class_names: Sequence[str]) -> np.ndarray:
 
 
 def predict(workdir: str, paths: Sequence[str], which: str = "best") -> list[dict[str, Any]]:
-    """Class and probability for each image file."""
+    """Class and probability for each image file; a file that cannot be read gets
+    ``{'path', 'error'}`` instead, and the others are still predicted."""
     run = load_run(workdir, which)
     names = run["class_names"]
-    paths = list(paths)
-    source = D.Source("files", names, np.zeros(len(paths), np.int32), paths,
-                      lambda i: D.decode(paths[i]))
-    probs, _ = predict_loader(run["eval_fn"], run["state"],
-                              _loader(run, source, np.arange(len(paths))), run["mesh"])
-    return [{"path": p, "class": names[int(q.argmax())], "probability": float(q.max()),
-             "probabilities": dict(zip(names, map(float, q), strict=True))}
-            for p, q in zip(paths, probs, strict=True)]
+    images, out = {}, []
+    for p in paths:
+        try:
+            images[p] = D.decode_file(p)
+        except ImageError as e:
+            out.append({"path": p, "error": str(e)})
+    good, done = list(images), {}
+    if good:
+        source = D.Source("files", names, np.zeros(len(good), np.int32), good,
+                          lambda i: images[good[i]])
+        probs, _ = predict_loader(run["eval_fn"], run["state"],
+                                  _loader(run, source, np.arange(len(good))), run["mesh"])
+        done = {p: {"path": p, "class": names[int(q.argmax())], "probability": float(q.max()),
+                    "probabilities": dict(zip(names, map(float, q), strict=True))}
+                for p, q in zip(good, probs, strict=True)}
+    errors = {r["path"]: r for r in out}
+    return [done[p] if p in images else errors[p] for p in paths]

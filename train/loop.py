@@ -20,7 +20,6 @@ global batch (``jax.process_index()``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ from train import checkpoint as C
 from train import classification, device, logs, plots, stages
 from train import freeze as F
 from train import step as T
+from train import workdir as W
 from train.detection import task as detection
 from train.task import Task, kind
 
@@ -58,29 +58,33 @@ def maybe_initialize_distributed() -> None:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Write ``config.json``; warn when a resumed run changed it."""
-    path = os.path.join(workdir, "config.json")
-    new = json.loads(config.to_json_best_effort())
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != new:
-            log.warning("config differs from the one this workdir was started with; "
-                        "resuming with the new one (old kept in config.prev.json)")
-            os.replace(path, os.path.join(workdir, "config.prev.json"))
-    with open(path, "w") as f:
-        json.dump(new, f, indent=2)
+    """Write ``config.json`` (atomically) once the run's checks have passed.
+
+    :func:`train.workdir.check_config` has refused any change but the resumable keys
+    (``train.workdir.RESUMABLE``); those are logged here.
+    """
+    for key, (old, new) in W.check_config(config, workdir).items():
+        log.info("resuming with %s changed: %r -> %r", key, old, new)
+    W.write_json(os.path.join(workdir, "config.json"), W.config_json(config))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume) in ``workdir``, every stage of ``config.stages`` in turn; return the
-    final evaluation report of the config's task."""
-    if config.stages:
-        return _stages(config, workdir)
-    return _train(config, workdir)[0]
+    final evaluation report of the config's task.
+
+    The workdir is locked for the run (``train.workdir.Lock``). A re-run resumes only with
+    the same config (bar ``train.workdir.RESUMABLE`` keys); ``overwrite`` discards a run
+    with another config instead, once the new one's checks have passed.
+    """
+    with W.Lock(workdir):
+        if config.stages:
+            return _stages(config, workdir, overwrite)
+        return _train(config, workdir, overwrite)[0]
 
 
-def _stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _stages(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
+            ) -> dict[str, Any]:
     """Each stage as a run in ``<workdir>/stage<i>``; then their logs and plots merged."""
     os.makedirs(workdir, exist_ok=True)
     logs.setup_logging(workdir)
@@ -91,7 +95,7 @@ def _stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         log.info("stage %d/%d: policy %s, %d epochs, learning rate %g -> %s", i, len(configs),
                  c.policy, c.epochs, c.learning_rate, sub)
         t0 = time.perf_counter()
-        report, task = _train(c, sub)
+        report, task = _train(c, sub, overwrite)
         done.append({"stage": i, "policy": c.policy, "epochs": c.epochs,
                      "learning_rate": c.learning_rate, "workdir": sub,
                      "seconds": round(time.perf_counter() - t0, 1),
@@ -119,25 +123,34 @@ class Run:
     total_steps: int
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, Any], Task]:
+def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
+           ) -> tuple[dict[str, Any], Task]:
     """One run of the config's task in ``workdir``: its final report, and the task."""
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
+    setup = W.Setup(workdir, overwrite)  # with overwrite: the old run moved aside
     logs.setup_logging(workdir)
-    save_config(config, workdir)
-    _check_init(config)
-    mesh = T.make_mesh(config.num_devices)
-    T.check_batch_size(config.batch_size, mesh)
-    task = SETUP[kind(config.model.name)](config, workdir, mesh)
-    total = config.epochs * len(task.train_loader)
-    total = min(total, config.max_steps) if config.max_steps else total
-    train_fn, eval_fn, state = _steps(config, task, mesh, total)
-    ckpt = C.Checkpoints(workdir, keep=config.keep_checkpoints)
-    meta = {"step": 0, "epoch": 0, "batch": 0, "sums": _zero_sums(task), "best": None}
-    if ckpt.latest() is not None:
-        state, meta = ckpt.restore(state)
-        log.info("resumed from step %d (epoch %d, batch %d)", meta["step"], meta["epoch"] + 1,
-                 meta["batch"])
+    try:  # every check before anything of the run is kept: a refusal leaves the workdir as it was
+        _check_init(config)
+        W.check_config(config, workdir)
+        mesh = T.make_mesh(config.num_devices)
+        T.check_batch_size(config.batch_size, mesh)
+        task = SETUP[kind(config.model.name)](config, workdir, mesh)
+        total = config.epochs * len(task.train_loader)
+        total = min(total, config.max_steps) if config.max_steps else total
+        train_fn, eval_fn, state = _steps(config, task, mesh, total)
+        ckpt = C.Checkpoints(workdir, keep=config.keep_checkpoints)
+        meta = {"step": 0, "epoch": 0, "batch": 0, "sums": _zero_sums(task), "best": None}
+        if ckpt.latest() is not None:
+            state, meta = ckpt.restore(state)
+            log.info("resumed from step %d (epoch %d, batch %d)", meta["step"],
+                     meta["epoch"] + 1, meta["batch"])
+        if jax.process_index() == 0:
+            save_config(config, workdir)
+    except BaseException:
+        setup.undo()
+        raise
+    setup.commit()
     log.info("%d device(s) (%s), %d steps of %d images (%d per epoch, %d epochs)",
              mesh.devices.size, jax.default_backend(), total, config.batch_size,
              len(task.train_loader), config.epochs)
@@ -201,8 +214,15 @@ def _check_finite(m: dict, step: int, epoch: int, batch: int, ckpt: C.Checkpoint
     raise NonFiniteLossError(
         f"non-finite training step {step} (epoch {epoch + 1}, batch {batch}): loss {m['loss']}, "
         f"gradient norm {m['grad_norm']}, parameter norm {m['param_norm']}. Stopped without "
-        f"saving it; the last good checkpoint (step {ckpt.latest()}) is intact. Lower "
-        "--config.learning_rate or set --config.grad_clip")
+        f"saving it; {_last_good(ckpt)} Lower --config.learning_rate or set "
+        "--config.grad_clip")
+
+
+def _last_good(ckpt: C.Checkpoints) -> str:
+    step = ckpt.latest()
+    if step is None:
+        return "no checkpoint had been saved yet (the workdir has none)."
+    return f"the last good checkpoint (step {step}) is intact."
 
 
 def _read(run: Run, meta: dict, pending: list, epoch: int) -> tuple[dict, dict | None]:

@@ -2,16 +2,20 @@
 
 Grouped splits keep every example of a group (for malaria: a patient slide, the file-name
 prefix before ``_IMG``) in one split. Splits are written to ``<workdir>/splits.json`` and
-read back on resume, so a run never re-splits under a model.
+read back on resume, so a run never re-splits under a model. The file also records the
+data the indices point into (``data``: number of examples and a hash of the file names,
+``train.workdir.data_fingerprint``), which evaluation checks before it trusts the indices.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import numpy as np
+
+from train import workdir as W
+from train.errors import WorkdirError
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -99,23 +103,26 @@ def subsample(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 def save_splits(path: str, splits: dict[str, np.ndarray], info: dict,
                 keys: list[str] | None = None) -> None:
-    """Write the splits (indices, and file names when known) with what produced them."""
+    """Write the splits (indices, and file names when known) with what produced them and
+    the fingerprint of the data they index."""
     out: dict = {"info": info, **{k: v.tolist() for k, v in splits.items()}}
     if keys is not None:
         out["files"] = {k: [keys[i] for i in v] for k, v in splits.items()}
-    with open(path, "w") as f:
-        json.dump(out, f)
+    out["data"] = W.data_fingerprint(info.get("num_examples", 0), keys)
+    W.write_json(path, out, indent=None)
 
 
 def load_splits(path: str, info: dict) -> dict[str, np.ndarray] | None:
     """Splits saved for the same ``info`` (source, seed, fractions...), else None."""
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        saved = json.load(f)
+    saved = W.read_json(path, "record of the run's splits")
     if saved.get("info") != info:
-        raise ValueError(
-            f"{path} was made for {saved.get('info')}, but this run asks for {info}; "
-            "use a new workdir (or delete splits.json and the checkpoints)"
-        )
+        old = saved.get("info") or {}
+        diff = [f"{k} {old.get(k)!r} then, {info.get(k)!r} now"
+                for k in sorted(set(old) | set(info)) if old.get(k) != info.get(k)]
+        raise WorkdirError(
+            f"{path} was made for other data ({'; '.join(diff)}): this workdir's run was "
+            "trained on the data as it was. Restore the data, or train in a new workdir "
+            "(or --overwrite to discard this run)")
     return {k: np.asarray(saved[k], np.int64) for k in SPLIT_NAMES}
