@@ -1,7 +1,7 @@
 """Any folder of class subfolders (``root/<class>/*.png``), transfer from reference weights.
 
-  python -m scripts.train --config train/configs/imagefolder.py --workdir /tmp/run \
-      --config.data.source=folder:/path/to/root --config.init=imagenet
+  transfer-zoo train --config imagefolder --workdir runs/mine \
+      --config.data.source=folder:/path/to/root [--config.init=weights.h5 offline]
 
 Defaults: stratified 80/10/10 split, the backbone frozen and a small MLP head trained.
 """
@@ -14,6 +14,7 @@ def get_config():
     c = base.get_config()
     c.model.name = "resnet18"
     c.head.kind = "mlp"
+    c.init = "imagenet"  # the model's reference weights (downloaded once, cached)
     c.policy = "frozen"
     c.data.source = "folder:."
     c.data.image_size = 224

@@ -1,31 +1,40 @@
 """The seed task: malaria cell images, patient-disjoint splits by slide.
 
-Best recipe found (BENCHMARKS_malaria.md): MobileNetV2-0.35 with ImageNet weights at
-128 px, two stages in one command: the head on cached frozen features, then fine-tuning.
+Best recipe found (BENCHMARKS.md): MobileNetV2-0.35 with ImageNet weights at 128 px, two
+stages in one command: the head on cached frozen features, then fine-tuning.
 
-  python -m scripts.train --config train/configs/malaria.py --workdir /tmp/malaria \
-      --config.init=../shared/weights/keras_mobilenet_v2_0.35_224_imagenet_backbone_in_model.h5
-  python -m scripts.evaluate --workdir /tmp/malaria --data folder:<other patients' images>
+  transfer-zoo train --config malaria --workdir runs/malaria
+  transfer-zoo evaluate --workdir runs/malaria [--data folder:<other patients' images>]
 
-Online, ``config.init='imagenet'`` (the default) downloads the reference weights;
-``--config.data.source=tfds:malaria`` reads the tfds copy (it has no file names, so set
-``--config.data.group_regex=''`` there: stratified, not patient-disjoint). From-scratch
-recipes for the other families: ``train/configs/malaria_scratch.py``.
+Online, the defaults download what they need once (verified, cached): NIH's official
+``cell_images.zip`` (``data.source='malaria'``, 27,558 cells, read with
+their file names so that the split is by patient slide) and the Keras ImageNet weights
+(``init='imagenet'``). Offline, point them at local copies:
+
+  transfer-zoo train --config malaria --workdir runs/malaria \
+      --config.data.source=malaria:/path/to/cell_images.zip \
+      --config.init=/path/to/mobilenet_v2_weights.h5     # or folder:<cell_images dir>
+
+``--config malaria:tfds`` reads tfds ``malaria`` instead: it has no file names, so that
+split is stratified by cell, not patient-disjoint (optimistic: patients leak into the
+test split). From-scratch recipes for the other families: ``malaria_scratch``.
 """
 
 from train.configs import base
 
 
-def get_config():
-    """MobileNetV2-0.35, ImageNet init, 128 px: frozen head stage, then fine-tuning."""
+def get_config(source: str = ""):
+    """MobileNetV2-0.35, ImageNet init, 128 px: frozen head stage, then fine-tuning.
+
+    ``source``: '' (NIH's zip, split by patient) or 'tfds' (tfds malaria, stratified).
+    """
     c = base.get_config()
     c.model.name = "mobilenetv2"
     c.model.alpha = 0.35
     c.init = "imagenet"
     c.policy = "frozen"
-    c.data.source = "folder:../shared/data/malaria/cell_images"
+    malaria_data(c, source)
     c.data.image_size = 128
-    c.data.group_regex = r"^(.+?)_IMG"  # slide prefix, e.g. C100P61ThinF
     c.data.augment.hflip = True
     c.data.augment.vflip = True
     c.data.augment.rotate90 = True
@@ -38,3 +47,16 @@ def get_config():
     c.learning_rate = 1e-3
     c.positive_class = "parasitized"
     return base.locked(c)
+
+
+def malaria_data(c, source: str = "") -> None:
+    """The malaria data keys: NIH's zip grouped by slide, or tfds (``source='tfds'``)."""
+    if source not in ("", "tfds"):
+        raise ValueError(f"malaria recipe argument {source!r}: use '' (NIH's cell_images.zip, "
+                         "split by patient) or 'tfds' (tfds malaria, not patient-disjoint)")
+    if source == "tfds":
+        c.data.source = "tfds:malaria"
+        c.data.group_regex = ""  # tfds carries no file names: stratified by cell
+    else:
+        c.data.source = "malaria"
+        c.data.group_regex = r"^(.+?)_IMG"  # slide prefix, e.g. C100P61ThinF

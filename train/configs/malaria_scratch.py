@@ -1,16 +1,20 @@
 """Malaria cells from scratch at a small resolution (any zoo family), grouped by slide.
 
-  python -m scripts.train --config train/configs/malaria_scratch.py --workdir /tmp/m_sq \
-      --config.data.source=folder:../shared/data/malaria/cell_images \
+  transfer-zoo train --config malaria_scratch --workdir runs/m_sq \
       [--config.model.name=resnet18 --config.head.kind=reference]
 
-Measured numbers for each family are in BENCHMARKS.md (malaria section).
+The data is NIH's ``cell_images.zip`` (downloaded once, verified, cached; split by
+patient slide), or a local copy: ``--config.data.source=malaria:<zip or folder>`` or
+``folder:<cell_images dir>``; ``--config malaria_scratch:tfds`` reads tfds ``malaria``
+(stratified by cell, not patient-disjoint). Measured numbers for each family are in
+BENCHMARKS.md (malaria section).
 """
 
 from train.configs import base
+from train.configs.malaria import malaria_data
 
 
-def get_config():
+def get_config(source: str = ""):
     """SqueezeNet 1.1 from scratch at 64 px, 4 epochs, flips and 90-degree rotations."""
     c = base.get_config()
     c.model.name = "squeezenet1_1"
@@ -18,9 +22,8 @@ def get_config():
     # at ln 2); a dense head on the pooled features learns at once.
     c.head.kind = "mlp"
     c.policy = "scratch"
-    c.data.source = "folder:../shared/data/malaria/cell_images"
+    malaria_data(c, source)
     c.data.image_size = 64
-    c.data.group_regex = r"^(.+?)_IMG"  # slide prefix, e.g. C100P61ThinF
     c.data.augment.hflip = True
     c.data.augment.vflip = True
     c.data.augment.rotate90 = True

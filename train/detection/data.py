@@ -58,7 +58,7 @@ def open_detection_source(spec: str, *, split: str = "train", seed: int = 0,
                           class_names: Sequence[str] | None = None, shapes_size: int = 512,
                           image_size: int = 128, data_dir: str | None = None,
                           download: bool = False) -> DetectionSource:
-    """``voc:<folder>``, ``tfds:<name>`` (e.g. ``tfds:voc/2007``) or ``shapes``.
+    """``voc:<folder>``, ``bccd[:<path>]``, ``tfds:<name>`` (e.g. ``tfds:voc/2007``) or ``shapes``.
 
     ``shapes`` makes ``shapes_size`` training images and a fifth as many (at least 64)
     for any other split, each split from its own seed.
@@ -66,14 +66,19 @@ def open_detection_source(spec: str, *, split: str = "train", seed: int = 0,
     kind, _, arg = spec.partition(":")
     if kind == "voc" and arg:
         return voc_folder_source(arg, split, class_names=class_names)
+    if kind == "bccd":  # the public BCCD_Dataset, downloaded and verified (train/public.py)
+        from train import public
+
+        return voc_folder_source(public.bccd_folder(arg or None), split,
+                                 class_names=class_names or public.BCCD_CLASSES)
     if kind == "tfds" and arg:
         return tfds_detection_source(arg, split=split, data_dir=data_dir, download=download)
     if kind == "shapes":
         offset = {"train": 0, "val": 1, "validation": 1, "test": 2}.get(split, 3)
         n = shapes_size if offset == 0 else max(64, shapes_size // 5)
         return shapes_source(n, seed=seed * 10 + offset, size=image_size)
-    raise ValueError(f"unknown detection data {spec!r}; use 'voc:<folder>', 'tfds:<name>' "
-                     "or 'shapes'")
+    raise ValueError(f"unknown detection data {spec!r}; use 'voc:<folder>', 'bccd', "
+                     "'tfds:<name>' or 'shapes'")
 
 
 def clean_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
