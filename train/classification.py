@@ -64,6 +64,7 @@ def make_loader(config, source: D.Source, indices: np.ndarray, train: bool) -> L
     return Loader(source, indices, batch_size=config.batch_size, image_size=d.image_size,
                   train=train, augment=Augment.from_config(d.augment) if train else None,
                   seed=config.seed, workers=d.workers, prefetch=d.prefetch, cache=d.cache,
+                  cache_mb=d.cache_mb, processes=d.processes,
                   process_index=jax.process_index(), process_count=jax.process_count())
 
 

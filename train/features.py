@@ -112,7 +112,7 @@ def compute(config, variables: dict, source: Source, indices: np.ndarray, mesh) 
     n = mesh.devices.size
     loader = Loader(source, indices, batch_size=-(-config.batch_size // n) * n,
                     image_size=config.data.image_size, workers=config.data.workers,
-                    prefetch=config.data.prefetch, cache=False,
+                    prefetch=config.data.prefetch, cache=False, processes=config.data.processes,
                     process_index=jax.process_index(), process_count=jax.process_count())
 
     def features(v: dict, batch: dict) -> jax.Array:

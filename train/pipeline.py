@@ -11,13 +11,17 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from train.data import Source
+
+log = logging.getLogger(__name__)
 
 # Salts of the seed sequences: the epoch order and each example's random augmentation are
 # functions of (seed, salt, epoch[, index]) alone, so a resumed run sees the same batches.
@@ -115,11 +119,21 @@ class Loader:
     Training loaders shuffle per epoch and drop the last partial batch; evaluation loaders
     keep order and pad the last batch (``mask`` 0 marks padding). In a multi-process run
     each process yields its own contiguous slice of every global batch.
+
+    Examples are decoded, resized and augmented either on ``workers`` threads of this
+    process (``processes=0``), where resized images are kept in memory up to ``cache_mb``
+    MiB, or in ``processes`` worker processes (grain: ``grain.MapDataset`` of batch numbers,
+    ``mp_prefetch``), which scale with the cores because decoding and augmentation hold
+    Python's lock much of the time; the workers live across epochs and nothing is cached
+    (each decodes what it serves). ``processes=-1`` picks: one per core beyond the first
+    two, at most 8 (0 on a machine of 2 or 3 cores). Both give the same batches: an
+    example is a function of ``(seed, epoch, index)`` alone.
     """
 
     def __init__(self, source: Source, indices: np.ndarray, *, batch_size: int,
                  image_size: int, train: bool = False, augment: Augment | None = None,
                  seed: int = 0, workers: int = 2, prefetch: int = 2, cache: bool = True,
+                 cache_mb: float = 2048, processes: int = 0,
                  process_index: int = 0, process_count: int = 1):
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} is not divisible by the "
@@ -131,9 +145,11 @@ class Loader:
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.augment = augment if train else None
         self.seed, self.workers, self.prefetch = seed, max(1, workers), max(0, prefetch)
+        self.processes = auto_processes() if processes < 0 else processes
         self.local = slice(process_index * batch_size // process_count,
                            (process_index + 1) * batch_size // process_count)
-        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._cache = Cache(cache_mb if cache and not self.processes else 0)
+        self._live: tuple[tuple[int, int], Iterator] | None = None  # (next position, batches)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -146,45 +162,145 @@ class Loader:
 
     def example(self, index: int, epoch: int) -> np.ndarray:
         """Example ``index`` resized (cached) and, when training, augmented for ``epoch``."""
-        img = self._cache.get(index) if self._cache is not None else None
+        img = self._cache.get(index)
         if img is None:
-            img = resize(self.source.image(index), self.image_size)
-            if self._cache is not None:
-                self._cache[index] = img
+            img = self._cache.put(index, resize(self.source.image(index), self.image_size))
         if self.augment is not None:
             img = augment(img, self.augment, example_rng(self.seed, epoch, index))
         return img
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of ``epoch`` from batch number ``start`` on (for exact resume)."""
+        if self.processes:
+            yield from self._from_workers(epoch, start)
+            return
         for idx, mask, examples in prefetched(self.order(epoch), self.batch_size, start,
                                               len(self), lambda i: self.example(i, epoch),
                                               self.workers, self.prefetch, self.local):
             yield {"image": np.stack(examples),
                    "label": self.source.labels[idx].astype(np.int32), "mask": mask}
 
+    def _from_workers(self, epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches from the worker processes, one endless stream per loader (starting
+        processes costs seconds): asked for the position where the last pass stopped, it
+        goes on from there (an evaluation loader's passes are all alike: epoch 0)."""
+        per_epoch, epoch = len(self), epoch if self.train else 0
+        if self._live is None or self._live[0] != (epoch, start):
+            self._live = ((epoch, start), worker_batches(self, epoch * per_epoch + start))
+        batches = self._live[1]
+        self._live = None  # until the next batch is in hand, the stream's position is unsure
+        for k in range(start, per_epoch):
+            batch = next(batches)
+            nxt = (epoch, k + 1) if k + 1 < per_epoch else (epoch + 1 if self.train else 0, 0)
+            self._live = (nxt, batches)
+            yield batch
+            self._live = None
+        self._live = (nxt, batches) if per_epoch > start else None
+
+
+def auto_processes() -> int:
+    """Worker processes for ``processes=-1``: one per core beyond two, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, max(0, (cores or 1) - 2))
+
+
+class Cache:
+    """Resized images by example index, up to ``mb`` MiB; once full it keeps what it has
+    (with a new random order every epoch, keeping a fixed part hits as often as evicting
+    would, without the churn) and says so once."""
+
+    def __init__(self, mb: float):
+        self.limit, self.bytes, self.items, self.full = int(mb * 2**20), 0, {}, False
+
+    def get(self, index: int) -> np.ndarray | None:
+        return self.items.get(index)
+
+    def put(self, index: int, img: np.ndarray) -> np.ndarray:
+        if self.bytes + img.nbytes <= self.limit:
+            self.items[index] = img
+            self.bytes += img.nbytes
+        elif not self.full and self.limit:
+            self.full = True
+            log.info("image cache full at %.0f MiB (%d images); the others are decoded every "
+                     "epoch (raise --config.data.cache_mb to keep more)", self.bytes / 2**20,
+                     len(self.items))
+        return img
+
+
+@dataclasses.dataclass
+class BatchMaker:
+    """Batch number ``g`` of a loader's stream (epoch ``g // per_epoch``): what a worker
+    process runs. Picklable (grain sends it to the workers with cloudpickle)."""
+
+    source: Source
+    indices: np.ndarray
+    batch_size: int
+    image_size: int
+    train: bool
+    augment: Augment | None
+    seed: int
+    local: slice
+    per_epoch: int
+
+    def __call__(self, g: int) -> dict[str, np.ndarray]:
+        epoch, k = divmod(int(g), self.per_epoch)  # evaluation: every epoch is the same
+        order = epoch_order(self.indices, self.seed, epoch) if self.train else self.indices
+        idx, mask = batch_indices(order, self.batch_size, k, self.local)
+        examples = []
+        for i in idx:
+            img = resize(self.source.image(int(i)), self.image_size)
+            if self.augment is not None:
+                img = augment(img, self.augment, example_rng(self.seed, epoch, int(i)))
+            examples.append(img)
+        return {"image": np.stack(examples), "label": self.source.labels[idx].astype(np.int32),
+                "mask": mask}
+
+
+def worker_batches(loader: Loader, first: int) -> Iterator[dict]:
+    """Batches ``first, first + 1, ...`` of ``loader``'s endless stream, made by
+    ``loader.processes`` grain worker processes, ``loader.prefetch`` each ahead."""
+    import grain
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags: their defaults, outside an app
+        flags.FLAGS.mark_as_parsed()
+    maker = BatchMaker(loader.source, loader.indices, loader.batch_size, loader.image_size,
+                       loader.train, loader.augment, loader.seed, loader.local, len(loader))
+    numbers = grain.MapDataset.range(first, 2**62)
+    ds = numbers.map(maker).to_iter_dataset(grain.ReadOptions(num_threads=0))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=loader.processes, per_worker_buffer_size=max(1, loader.prefetch)))
+    return iter(ds)
+
+
+def batch_indices(order: np.ndarray, batch_size: int, k: int, local: slice = slice(None)
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and mask of batch ``k`` of ``order``: a last, partial batch is padded by
+    repeating its last index (``mask`` 0 there) so every batch has one shape; ``local`` is
+    this process's slice."""
+    b = batch_size
+    idx = order[k * b : (k + 1) * b]
+    mask = np.zeros(b, np.float32)
+    mask[: len(idx)] = 1
+    idx = np.pad(idx, (0, b - len(idx)), mode="edge")[local]
+    return idx, mask[local]
+
 
 def prefetched(order: np.ndarray, batch_size: int, start: int, stop: int, example: Callable,
                workers: int, prefetch: int, local: slice = slice(None)
                ) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
     """Batches ``start..stop-1`` of ``order`` as ``(indices, mask, examples)``, the examples
-    computed by ``example(index)`` on ``workers`` threads, ``prefetch`` batches ahead.
-
-    A last, partial batch is padded by repeating its last index (``mask`` 0 there) so every
-    batch has one shape; ``local`` is this process's slice of each batch.
-    """
-    b = batch_size
-    chunks = (order[k * b : (k + 1) * b] for k in range(start, stop))
+    computed by ``example(index)`` on ``workers`` threads, ``prefetch`` batches ahead
+    (padding and slicing: :func:`batch_indices`)."""
+    ks = iter(range(start, stop))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         pending: collections.deque = collections.deque()
 
         def submit() -> None:
-            idx = next(chunks, None)
-            if idx is not None:
-                mask = np.zeros(b, np.float32)
-                mask[: len(idx)] = 1
-                idx = np.pad(idx, (0, b - len(idx)), mode="edge")[local]
-                pending.append((idx, mask[local], [pool.submit(example, int(i)) for i in idx]))
+            k = next(ks, None)
+            if k is not None:
+                idx, mask = batch_indices(order, batch_size, k, local)
+                pending.append((idx, mask, [pool.submit(example, int(i)) for i in idx]))
 
         for _ in range(prefetch + 1):
             submit()

@@ -48,6 +48,7 @@ LOG_NAME = "train.log"
 RESUMABLE = frozenset({
     "progress", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "num_devices", "features_dir", "data.workers", "data.prefetch", "data.cache",
+    "data.cache_mb", "data.processes",
     "data.download", "data.tfds_data_dir",
 })
 

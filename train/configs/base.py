@@ -66,9 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.tfds_split = "train"
     c.data.tfds_data_dir = ""
     c.data.download = True  # tfds may download and prepare (online use)
-    c.data.cache = True  # keep resized images in memory after the first epoch
-    c.data.workers = 2  # decoding / augmentation threads
-    c.data.prefetch = 2  # batches prepared ahead
+    c.data.cache = True  # keep resized images in memory after the first epoch (threads only)
+    c.data.cache_mb = 2048  # ... up to this many MiB (~14,000 images at 224 px)
+    c.data.workers = 2  # decoding / augmentation threads (and folder-scan threads)
+    # Worker processes for decoding / augmentation (grain); 0 = the threads above, in this
+    # process; -1 = one per core beyond two, at most 8 (0 on 2-3 cores).
+    c.data.processes = -1
+    c.data.prefetch = 2  # batches prepared ahead, and copied onto the devices ahead
     c.data.augment = ml_collections.ConfigDict(
         {
             "hflip": True,
