@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine with Python 3.11+:
-#   make demo   - install the project in .venv and run the main job
+#   make demo   - install the project in .venv, draw every model, train and evaluate a small
+#                 one offline and draw it coloured by what trained (a few minutes on 2 cores)
 #   make test   - install the test tools (Keras/torch references, Graphviz `dot`) and run every test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +8,7 @@ BIN    := $(VENV)/bin
 # tests run on every core (pytest-xdist); PYTEST_ARGS="-n 0" runs them in one process
 PYTEST_ARGS ?= -n auto
 
-.PHONY: demo test quick lint clean
+.PHONY: demo test quick lint clean dot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +33,19 @@ dot:
 
 DEMO_DIR ?= workdirs/demo
 
-demo: $(VENV)/.installed
-	$(BIN)/python -m scripts.models
-	$(BIN)/python -m scripts.train --config train/configs/synthetic.py --workdir $(DEMO_DIR)
-	$(BIN)/python -m scripts.evaluate --workdir $(DEMO_DIR)
+# the model and the policy of the run's last stage, from its config.json
+RUN_POLICY = import json; c = json.load(open("$(DEMO_DIR)/config.json")); \
+  s = [x.split() for x in c["stages"].split(";") if x.strip()]; \
+  print(c["model"]["name"], s[-1][0] if s else c["policy"])
+
+demo: $(VENV)/.installed dot
+	$(BIN)/transfer-zoo models
+	$(BIN)/transfer-zoo draw --all --depth 1 --out $(DEMO_DIR)/gallery
+	$(BIN)/transfer-zoo train --config synthetic --workdir $(DEMO_DIR)
+	$(BIN)/transfer-zoo evaluate --workdir $(DEMO_DIR)
+	set -- $$($(BIN)/python -c '$(RUN_POLICY)') && \
+	  $(BIN)/transfer-zoo draw --model $$1 --depth 1 --freeze $$2 --out $(DEMO_DIR)/$$1.trained.svg
+	@echo "drawings: $(DEMO_DIR)/gallery/index.md (every model) and the trained model in $(DEMO_DIR)"
 
 test: $(VENV)/.installed-test dot
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

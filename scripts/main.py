@@ -108,9 +108,13 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     sys.argv = [f"{prog} {name}", *rest]  # absl's messages name the program so
     runner = getattr(module, "run", None)  # a script may wrap its main (scripts/cli.py)
-    if callable(runner):
-        return runner(sys.argv) or 0
-    app.run(module.main, argv=sys.argv)
+    try:
+        if callable(runner):
+            return runner(sys.argv) or 0
+        app.run(module.main, argv=sys.argv)
+    except flags.Error as e:  # a bad flag or flag value: one line, as absl's own parser does
+        print(f"{prog} {name}: {e} ({prog} {name} --help lists its flags)", file=sys.stderr)
+        return 2
     return 0
 
 
