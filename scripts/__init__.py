@@ -9,6 +9,7 @@ The ``transfer-zoo`` console command never puts the current folder on ``sys.path
 
 import importlib.util
 import os
+import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,10 +26,14 @@ def _check_siblings() -> None:
             continue
         where = origin if origin and origin != "namespace" else (
             ", ".join(getattr(spec, "submodule_search_locations", None) or []) or "nowhere")
-        raise ImportError(
+        message = (
             f"'{name}' resolves to {where}, not to transfer-zoo's {os.path.join(_ROOT, name)}: "
             f"a local file or folder named '{name}' (or another package of that name) shadows "
             "it. Rename it, run from another folder, or use the transfer-zoo command")
+        if sys.argv[:1] == ["-m"]:  # python -m scripts[.X] (argv[0] while it is located)
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(2)
+        raise ImportError(message)
 
 
 _check_siblings()
