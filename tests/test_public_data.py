@@ -20,6 +20,7 @@ import subprocess
 import threading
 import zipfile
 
+import cloudpickle
 import numpy as np
 import pytest
 from PIL import Image
@@ -213,6 +214,9 @@ def test_malaria_local_copies_through_open_source(tmp_path):
     nih_zip(tmp_path / "copy.zip")
     src = D.open_source(f"malaria:{tmp_path / 'copy.zip'}")
     assert len(src) == 2 * 3 * len(SLIDES) and src.keys[0].startswith("Parasitized/")
+    src.image(0)  # an open zip handle, then a copy for a worker process
+    clone = cloudpickle.loads(cloudpickle.dumps(src))
+    np.testing.assert_array_equal(clone.image(5), src.image(5))
     with zipfile.ZipFile(tmp_path / "copy.zip") as z:
         z.extractall(tmp_path / "unzipped")
     folder = D.open_source(f"malaria:{tmp_path / 'unzipped'}")

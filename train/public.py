@@ -212,10 +212,17 @@ def _malaria_folder(root: str, workers: int) -> D.Source:
 
 
 class _Zip:
-    """One ``ZipFile`` per process (worker processes must not share a file position)."""
+    """One ``ZipFile`` per process (worker processes must not share a file position);
+    pickled as its path (the loader's worker processes get the source by pickle)."""
 
     def __init__(self, path: str):
         self.path, self._handles, self._lock = path, {}, threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
 
     def read(self, name: str) -> bytes:
         pid = os.getpid()
