@@ -144,9 +144,24 @@ def _unreadable(path: str, e: Exception) -> str:
     """Log and describe an unreadable checkpoint folder (named, with its file when known)."""
     what = " ".join(str(e).split())[:300] or type(e).__name__
     if isinstance(e, json.JSONDecodeError) or "JSONDecodeError" in type(e).__name__:
-        what = f"{os.path.join(path, 'meta', 'metadata')} is not valid JSON: {what}"
+        bad = _bad_json(path)  # orbax does not say which of its JSON files it was reading
+        what = f"{', '.join(bad) or 'a JSON file'} is not valid JSON: {what}"
     log.warning("checkpoint %s is unreadable (%s): trying the one before", path, what)
     return f"{path} ({what})"
+
+
+def _bad_json(path: str) -> list[str]:
+    """The JSON files (orbax metadata) under a checkpoint folder that do not parse."""
+    bad = []
+    for d, _, files in os.walk(path):
+        for f in files:
+            if "metadata" in f.lower() or f.endswith(".json"):
+                try:
+                    with open(os.path.join(d, f), "rb") as fh:
+                        json.loads(fh.read() or b"{}")
+                except (ValueError, OSError):
+                    bad.append(os.path.join(d, f))
+    return sorted(bad)
 
 
 def _restore_tree(path: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -136,6 +137,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fa
         mesh = T.make_mesh(config.num_devices)
         T.check_batch_size(config.batch_size, mesh)
         task = SETUP[kind(config.model.name)](config, workdir, mesh)
+        _check_trainable(config, task)
         total = config.epochs * len(task.train_loader)
         total = min(total, config.max_steps) if config.max_steps else total
         train_fn, eval_fn, state = _steps(config, task, mesh, total)
@@ -168,6 +170,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fa
     state, _ = ckpt.restore(state, which)
     ckpt.close()
     return task.finish(eval_fn, state, f"{which} step {int(state.step)}"), task
+
+
+def _check_trainable(config, task: Task) -> None:
+    """A policy that trains no parameter at all is a mistake (e.g. a regex that matches
+    no path), not a run."""
+    try:
+        trainable = F.trainable_fn(task.spec, config.policy, config.finetune_groups)
+    except re.error as e:
+        raise ValueError(f"config.policy={config.policy!r} is not a valid regex: {e}") from None
+    paths = list(F.flat_paths(task.variables["params"]))
+    if not any(trainable(p) for p in paths):
+        raise ValueError(
+            f"config.policy={config.policy!r} matches no parameter of {config.model.name}, so "
+            f"nothing would train; parameter paths look like {', '.join(paths[:3])}, "
+            f"{paths[-1]}")
 
 
 def _check_init(config) -> None:

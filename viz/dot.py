@@ -193,7 +193,7 @@ def render(dot: str, out: str | Path, format: str | None = None) -> Path:
         raise GraphvizNotFound(
             f"the Graphviz `dot` binary is not on PATH, so {fmt} was not written; the DOT "
             f"text is in {dot_path}. {INSTALL}, then run `dot -T{fmt} {dot_path} -o "
-            f"{base.name}.{fmt}`."
+            f"{base.parent / f'{base.name}.{fmt}'}`."
         )
     target = base.parent / f"{base.name}.{fmt}"
     res = subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(target)],

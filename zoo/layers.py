@@ -265,7 +265,13 @@ def check_input(x: jax.Array, *, model: str, in_channels: int, min_size: int) ->
     """Raise a ValueError that names the problem for a badly shaped input batch."""
     shape = tuple(x.shape)
     if x.ndim != 4:
-        hint = " (add a batch axis: x[None])" if x.ndim == 3 else ""
+        hint = ""
+        if x.ndim == 3 and shape[-1] == in_channels:  # one HWC image
+            hint = " (one image: add a batch axis, x[None])"
+        elif x.ndim == 3:  # a batch of images without a channel axis
+            hint = (" (a batch of single-channel images? add a channel axis, x[..., None], and "
+                    f"repeat it to {in_channels} channels or build the model with in_channels=1)"
+                    if in_channels != 1 else " (add a channel axis: x[..., None])")
         raise ValueError(
             f"{model} expects a batch of NHWC images of rank 4, got rank {x.ndim} "
             f"with shape {shape}{hint}"

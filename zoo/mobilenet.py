@@ -89,8 +89,20 @@ class InvertedResidual(nn.Module):
         return x + y if self.stride == 1 and x.shape[-1] == self.filters else y
 
 
+def check_alpha(model: str, alpha: float, widest: float) -> None:
+    """``alpha`` in (0, widest]: the widths Keras publishes go up to ``widest``, and a
+    wider net has neither weights nor a reference to be checked against."""
+    if not isinstance(alpha, int | float) or not 0 < alpha <= widest:
+        raise ValueError(f"{model}: alpha={alpha!r} is outside (0, {widest}]; alpha scales the "
+                         f"width (Keras publishes weights for {V_ALPHAS[model]})")
+
+
+V_ALPHAS = {"MobileNet": "0.25, 0.5, 0.75, 1.0",
+            "MobileNetV2": "0.35, 0.5, 0.75, 1.0, 1.3, 1.4"}
+
+
 class MobileNet(nn.Module):
-    """MobileNet v1 (``keras.applications.MobileNet``) with width ``alpha``."""
+    """MobileNet v1 (``keras.applications.MobileNet``) with width ``alpha`` in (0, 1]."""
 
     alpha: float = 1.0
     depth_multiplier: int = 1
@@ -101,6 +113,10 @@ class MobileNet(nn.Module):
     in_channels: int = 3
     dtype: Any = jnp.float32
     min_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_alpha("MobileNet", self.alpha, 1.0)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -122,7 +138,7 @@ class MobileNet(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNet v2 (``keras.applications.MobileNetV2``) with width ``alpha``."""
+    """MobileNet v2 (``keras.applications.MobileNetV2``) with width ``alpha`` in (0, 1.4]."""
 
     alpha: float = 1.0
     num_classes: int | None = 1000
@@ -131,6 +147,10 @@ class MobileNetV2(nn.Module):
     in_channels: int = 3
     dtype: Any = jnp.float32
     min_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_alpha("MobileNetV2", self.alpha, 1.4)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

@@ -262,9 +262,12 @@ def create(
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer)
-        or num_classes < 0
+        or num_classes <= 0
     ):
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        hint = (" (num_classes=None keeps the top without its classifier, timm's "
+                "num_classes=0; include_top=False drops the top)" if num_classes == 0 else "")
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}"
+                         f"{hint}")
     kwargs = dict(num_classes=num_classes or None, include_top=include_top, pooling=pooling,
                   dtype=dtype, **overrides)
     _check_options(name, s, kwargs)
