@@ -3,6 +3,7 @@
     python -m scripts.bench [--models resnet50,mobilenet,...] [--batch 32] [--rounds 3]
         [--tf-python /path/to/python-with-tensorflow] [--json bench.json] [--markdown bench.md]
     python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.backend.conv)
+    python -m scripts.bench --input    # the loader's img/s, and the loop against the bare step
 
 Each model runs in a fresh process per framework; what is timed and how: train/bench.py
 and BENCHMARKS.md.
@@ -11,7 +12,7 @@ and BENCHMARKS.md.
 from absl import app, flags
 
 from scripts import cli
-from train import bench
+from train import bench, bench_input
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(bench.DEFAULT_MODELS), "Models, comma-separated.")
@@ -31,6 +32,8 @@ flags.DEFINE_string("tf-python", None,
 flags.DEFINE_string("json", None, "Write all results here.")
 flags.DEFINE_string("markdown", None, "Write the table here.")
 flags.DEFINE_bool("convs", False, "Time each convolution formulation instead of the models.")
+flags.DEFINE_bool("input", False, "Time the input pipeline (threads, worker processes) and "
+                  "training through the loop against the bare step (train/bench_input.py).")
 flags.register_validator("frameworks", lambda v: set(v) <= set(bench.FRAMEWORKS),
                          "--frameworks takes some of " + ",".join(bench.FRAMEWORKS))
 flags.register_validator("modes", lambda v: bool(v) and set(v) <= {"infer", "train"},
@@ -40,6 +43,9 @@ flags.register_validator("modes", lambda v: bool(v) and set(v) <= {"infer", "tra
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.input:
+        bench_input.run(json_path=FLAGS.json, markdown_path=FLAGS.markdown)
+        return
     if FLAGS.convs:
         bench.bench_convs(FLAGS.warmup, FLAGS.repeats, markdown_path=FLAGS.markdown)
         return

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_MODELS = ("resnet50", "mobilenet", "mobilenetv2", "densenet121", "xception")
-FRAMEWORKS = ("ours", "keras-jax", "keras-tf")
+FRAMEWORKS = ("ours", "keras-jax", "keras-tf", "torch")  # torch: train/bench_torch.py
 KERAS_NAMES = {"resnet50": "ResNet50", "mobilenet": "MobileNet", "mobilenetv2": "MobileNetV2",
                "densenet121": "DenseNet121", "xception": "Xception",
                "inception_v3": "InceptionV3", "vgg16": "VGG16"}
@@ -139,6 +139,11 @@ def worker(framework: str, models: list[str], batch: int, warmup: int, repeats: 
 
         version, bench = _versions("jax", "flax"), bench_ours
         available = set(zoo.list_models())
+    elif framework == "torch":
+        from train.bench_torch import TORCH_NAMES, bench_torch
+
+        version, bench = _versions("torch", "torchvision"), bench_torch
+        available = set(TORCH_NAMES)
     else:
         version, bench = _versions("keras", "jax", "tensorflow", "tensorflow-cpu"), bench_keras
         available = set(KERAS_NAMES)
@@ -149,7 +154,8 @@ def worker(framework: str, models: list[str], batch: int, warmup: int, repeats: 
             continue
         print(f"  {framework:9s} {name} ...", file=sys.stderr, flush=True)
         results["models"][name] = {}
-        for mode, seconds in bench(name, batch, warmup, repeats, modes):
+        size = {"size": size_of(name)} if framework == "torch" else {}
+        for mode, seconds in bench(name, batch, warmup, repeats, modes, **size):
             results["models"][name][mode] = seconds  # saved at once: a later OOM loses less
             Path(out).write_text(json.dumps(results))
     Path(out).write_text(json.dumps(results))
