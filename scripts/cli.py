@@ -70,6 +70,8 @@ def one_line(text: str, limit: int = 800) -> str:
 
 
 def _message(e: BaseException) -> str:
+    if e.args and isinstance(e.args[0], BaseException):  # wrapped (ml_collections does)
+        return _message(e.args[0])
     if isinstance(e, KeyError) and e.args:
         return str(e.args[0])
     return str(e) or type(e).__name__
@@ -95,23 +97,31 @@ def explain(e: BaseException) -> str | None:
     return None
 
 
+def _no_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
 def _verbose(argv: list[str]) -> bool:
     return any(a in ("--verbose", "-verbose", "--verbose=true", "--verbose=1") for a in argv)
 
 
 def _parse(argv: list[str]) -> list[str]:
-    """absl's flag parsing; a failure outside absl's own flag errors (a ``--config`` file
-    or override that does not load) as one line."""
+    """absl's flag parsing, a failure (a bad flag, a ``--config`` file or override that
+    does not load) as one line and exit status 2."""
     try:
         return FLAGS(argv)
-    except flags.Error:
-        raise  # absl prints these in two lines and exits 1
+    except flags.Error as e:  # a flag's own check (a validator, a required flag, a type)
+        if _verbose(argv):
+            raise
+        print(f"error: {one_line(str(e))} (--helpfull lists the flags)", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:  # noqa: BLE001
         if _verbose(argv):
             raise
         text = one_line(_message(e))
         if isinstance(e, AttributeError | KeyError) and "config." in " ".join(argv):
-            text = f"unknown --config key: {text.strip(chr(39))} (train/configs/base.py lists them)"
+            text = (f"unknown --config key {text} (train/configs/base.py lists the keys)")
         print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
 
@@ -133,4 +143,9 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
 
     if not _verbose(sys.argv if argv is None else argv):
         logging.raiseExceptions = False  # a full disk: no "Logging error" tracebacks
+        from absl import logging as absl_logging
+
+        # libraries' background threads (orbax) log their failures with tracebacks before
+        # the error reaches this process's main thread: their message lines are enough
+        absl_logging.get_absl_handler().addFilter(_no_traceback)
     app.run(wrapped, argv=argv, flags_parser=_parse)

@@ -50,11 +50,8 @@ def main(argv):
     options["include_top"] = not FLAGS["no-top"].value
     if FLAGS["num-classes"].value is not None:
         options["num_classes"] = FLAGS["num-classes"].value
-    try:
-        counts = zoo.pretrained.save(FLAGS.model, FLAGS.output, source=FLAGS.source,
-                                     path=FLAGS.input, overwrite=FLAGS.overwrite, **options)
-    except FileExistsError as e:
-        raise SystemExit(str(e)) from None
+    counts = zoo.pretrained.save(FLAGS.model, FLAGS.output, source=FLAGS.source,
+                                 path=FLAGS.input, overwrite=FLAGS.overwrite, **options)
     out = Path(FLAGS.output).resolve()
     print(f"{FLAGS.model}: wrote {out} ({', '.join(f'{c} {n:,}' for c, n in counts.items())})")
 

@@ -226,7 +226,7 @@ def test_cli_model_and_gallery(tmp_path):
     assert "[full depth](squeezenet1_0.full.dot)" in index
     assert (tmp_path / "g" / "squeezenet1_1.depth1.dot").exists()
     both = run_script("draw", "--model", "alexnet", "--all", "--out", tmp_path / "x", check=False)
-    assert both.returncode == 1 and "give one of --model NAME or --all" in both.stderr
+    assert both.returncode == 2 and "give one of --model NAME or --all" in both.stderr
     assert "Traceback" not in both.stderr
 
 

@@ -145,7 +145,7 @@ def test_convert_script_writes_a_checkpoint_once(r50, tmp_path):
     assert f"resnet50: wrote {out} (batch_stats 53,120, params 23,534,592)" in run_script(
         "convert", *args, "--no-top", "--set", "pooling='avg'").stdout
     again = run_script("convert", *args, check=False)
-    assert again.returncode == 1 and f"{out} exists; pass --overwrite" in again.stderr
+    assert again.returncode == 2 and f"{out} exists; pass --overwrite" in again.stderr
     v = zoo.pretrained.load("resnet50", path=out, num_classes=3)  # no head in it: a new one
     assert v["params"]["head"]["kernel"].shape == (2048, 3)
     np.testing.assert_equal(v["batch_stats"], variables["batch_stats"])

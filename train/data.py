@@ -141,7 +141,8 @@ def folder_source(root: str, *, workers: int = 2) -> Source:
     a broken compressed stream, not an image) is skipped, counted and named in the log.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist")
+        raise FileNotFoundError(f"image folder {root!r} does not exist; check the path in "
+                                "data.source=folder:<path> (the folder holds <class>/<image>)")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise ValueError(f"{root!r} has no class subfolders (expected {root}/<class>/*.png)")
@@ -180,7 +181,8 @@ def tfds_source(name: str, *, split: str = "train", data_dir: str | None = None,
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         base = name.split(":")[0].split("/")[0]
-        close = difflib.get_close_matches(base, tfds.list_builders(), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False),
+                                        n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(f"tfds has no dataset {name!r}; {hint}(tfds.list_builders() lists "
                         "them; a folder of images is folder:<path>)") from None
