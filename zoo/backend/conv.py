@@ -113,14 +113,59 @@ def backend_formulations(backend: str) -> dict[str, str]:
 
 
 def formulation(kind: str, impl: str | None = None) -> str:
-    """The formulation (one of ``FORMS[kind]``) of a ``kind`` operation: layer ``impl``,
-    then ``$ZOO_CONV_IMPL``, then the backend's table."""
-    impl = impl or conv_impl()
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl={impl!r} is not one of {CONV_IMPLS}")
+    """The formulation (one of ``FORMS[kind]``) of a ``kind`` operation on this host's
+    default backend: layer ``impl``, then ``$ZOO_CONV_IMPL``, then the backend's table.
+    What a traced function runs follows the platform it is lowered for
+    (:func:`platform_formulations`, :func:`dispatch`)."""
+    impl = _checked(impl)
     if impl != "auto":
         return impl
     return backend_formulations(jax.default_backend())[kind]
+
+
+def _checked(impl: str | None) -> str:
+    impl = impl or conv_impl()
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl={impl!r} is not one of {CONV_IMPLS}")
+    return impl
+
+
+# The platforms a function may be lowered for (``lax.platform_dependent``'s names) and the
+# entry of FORMULATIONS each takes; any other platform takes ``_DEFAULT``.
+LOWERING_PLATFORMS: dict[str, str] = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
+
+
+def platform_formulations(kind: str, impl: str | None = None) -> dict[str, str]:
+    """The formulation of a ``kind`` operation per lowering platform (``default``: any
+    platform not in :data:`LOWERING_PLATFORMS`): a layer's ``impl`` or ``$ZOO_CONV_IMPL``
+    other than ``auto`` for every platform alike, else the table."""
+    impl = _checked(impl)
+    if impl != "auto":
+        return {"default": impl}
+    forms = {p: backend_formulations(b)[kind] for p, b in LOWERING_PLATFORMS.items()}
+    return {**forms, "default": _DEFAULT[kind]}
+
+
+def uses(kind: str, form: str, impl: str | None = None) -> bool:
+    """Whether some lowering platform computes a ``kind`` operation as ``form``."""
+    return form in platform_formulations(kind, impl).values()
+
+
+def dispatch(kind: str, impl: str | None, build, *operands):
+    """``build(form)(*operands)`` in the formulation of the platform the function is lowered
+    for: each distinct formulation traced once, one ``lax.platform_dependent`` when they
+    differ (lowered for one platform, the module holds that platform's branch only; XLA
+    inlines the one-branch conditional). A CPU-traced function lowered or exported for an
+    accelerator so carries XLA's operations, and one traced on a GPU host lowered for the
+    CPU the CPU's formulations (without the native kernels unless ``$ZOO_NATIVE=on``:
+    :func:`zoo.backend.native.available`)."""
+    forms = platform_formulations(kind, impl)
+    default = forms.pop("default")
+    branches = {f: build(f) for f in dict.fromkeys([default, *forms.values()])}
+    if len(branches) == 1:
+        return branches[default](*operands)
+    per_platform = {p: branches[f] for p, f in forms.items() if f != default}
+    return jax.lax.platform_dependent(*operands, default=branches[default], **per_platform)
 
 
 def pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -731,9 +776,13 @@ def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
     """Max pooling (padding with -inf, 'SAME' as TensorFlow) in the backend's formulation."""
     window, strides = pair(window), pair(strides)
     pads = explicit_pads(x.shape[1:3], window, strides, (1, 1), normalize_padding(padding))
-    if formulation("maxpool", impl) != "matmul":
-        return xla_max_pool(x, window, strides, pads)
-    return shift_max_pool(x, window, strides, pads)
+
+    def build(form):
+        if form == "matmul":
+            return lambda x: shift_max_pool(x, window, strides, pads)
+        return lambda x: xla_max_pool(x, window, strides, pads)
+
+    return dispatch("maxpool", impl, build, x)
 
 
 def _shift_forward(x, kernel, strides, padding, dilation) -> jax.Array:
@@ -847,8 +896,19 @@ def avg_pool(x: jax.Array, window: int, stride: int, padding: Padding = "VALID",
     ``matmul`` (the CPU): non-overlapping 'VALID' windows as a sum of strided slices, 3x
     faster than XLA:CPU's ``reduce_window`` or a reshape and mean (BENCHMARKS.md)."""
     pads = normalize_padding(padding)
-    if formulation("avgpool", impl) == "matmul" and window == stride and pads == "VALID":
-        return sum_pool(x, window) / window**2
+    if window != stride or pads != "VALID":
+        return xla_avg_pool(x, window, stride, pads)
+
+    def build(form):
+        if form == "matmul":
+            return lambda x: sum_pool(x, window) / window**2
+        return lambda x: xla_avg_pool(x, window, stride, pads)
+
+    return dispatch("avgpool", impl, build, x)
+
+
+def xla_avg_pool(x: jax.Array, window: int, stride: int, pads: str | Pads) -> jax.Array:
+    """Average pooling by ``lax.reduce_window`` (padded cells counted), the reference."""
     if not isinstance(pads, str):
         pads = ((0, 0), *pads, (0, 0))
     total = jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, (1, window, window, 1),
@@ -866,12 +926,9 @@ def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SA
     if groups != 1:
         return xla_conv(x, kernel, strides, padding, dilation, groups)
     kind = "pointwise" if kernel.shape[:2] == (1, 1) else "spatial"
-    form = formulation(kind, impl)
-    if form == "matmul":
-        return matmul_conv(x, kernel, strides, padding, dilation)
-    if form == "mixed":
-        return mixed_conv(x, kernel, strides, padding, dilation)
-    return xla_conv(x, kernel, strides, padding, dilation)
+    forms = {"matmul": matmul_conv, "mixed": mixed_conv, "xla": xla_conv}
+    return dispatch(kind, impl, lambda form: lambda x, k: forms[form](
+        x, k, strides, padding, dilation), x, kernel)
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SAME",
@@ -880,7 +937,16 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Pad
     ``c * multiplier + m`` comes from input channel ``c`` (TensorFlow's order)."""
     strides, dilation = pair(strides), pair(dilation)
     padding = normalize_padding(padding)
-    if formulation("depthwise", impl) == "matmul":
-        return shift_depthwise(x, kernel, strides, padding, dilation)
+
+    def build(form):
+        if form == "matmul":
+            return lambda x, k: shift_depthwise(x, k, strides, padding, dilation)
+        return lambda x, k: xla_depthwise(x, k, strides, padding, dilation)
+
+    return dispatch("depthwise", impl, build, x, kernel)
+
+
+def xla_depthwise(x, kernel, strides, padding, dilation=(1, 1)) -> jax.Array:
+    """A depthwise convolution as XLA's grouped convolution, the reference."""
     kh, kw, c, m = kernel.shape  # HWIO with I = 1
     return xla_conv(x, kernel.reshape(kh, kw, 1, c * m), strides, padding, dilation, c)

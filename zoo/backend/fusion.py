@@ -80,7 +80,7 @@ CLIPS = {None: (-INF, INF), jax.nn.relu: (0.0, INF), jax.nn.relu6: (0.0, 6.0)}
 def fusable(*arrays) -> bool:
     """Whether the backend fuses on these operands: float32, the CPU's depthwise
     formulation (not under ``use_impl("xla")``) and the native kernels available."""
-    return (all(a.dtype == jnp.float32 for a in arrays) and C.formulation("depthwise") == "matmul"
+    return (all(a.dtype == jnp.float32 for a in arrays) and C.uses("depthwise", "matmul")
             and native.available())
 
 
@@ -105,18 +105,29 @@ def activate(x, center, scale, shift, act) -> jax.Array:
 # ---- a remembered activation applied by the native depthwise conv ------------------------
 
 
-def depthwise(x: jax.Array, kernel: jax.Array, strides, padding, dilation=(1, 1)) -> jax.Array:
-    """:func:`zoo.backend.conv.shift_depthwise` of ``x``; where ``x`` is a remembered
-    :class:`Activation` and the native kernel takes it (multiplier 1, float32), the kernel
-    applies the activation as it reads the input."""
+def depthwise(x: jax.Array, kernel: jax.Array, strides, padding, dilation=(1, 1),
+              impl: str | None = None) -> jax.Array:
+    """:func:`zoo.backend.conv.depthwise_conv` of ``x``; where ``x`` is a remembered
+    :class:`Activation` and the native kernel takes it (multiplier 1, float32), the CPU's
+    branch applies the activation as the kernel reads the input (other platforms' branch:
+    their formulation of ``x``)."""
     a = recall(x)
     if not isinstance(a, Activation) or not C._native_depthwise(a.x, kernel):
-        return C.shift_depthwise(x, kernel, strides, padding, dilation)
+        return C.depthwise_conv(x, kernel, strides, padding, dilation, impl)
     kh, kw = kernel.shape[:2]
+    strides, dilation = tuple(strides), tuple(dilation)
     pads = C.explicit_pads(x.shape[1:3], (kh, kw), strides, dilation,
                            C.normalize_padding(padding))
-    return _fused_depthwise((*a.operands, kernel), a.act, tuple(strides), pads,
-                            tuple(dilation))
+
+    def build(form):
+        if form == "matmul":
+            return lambda k, *ops: _fused_depthwise((*ops, k), a.act, strides, pads, dilation)
+        return lambda k, *ops: C.depthwise_conv(activate(*ops, a.act), k, strides, pads,
+                                                dilation, form)
+
+    # the branches read the ingredients, not x: a branch that ignored an operand would
+    # hand it a zero gradient to compute with (XLA keeps products with zeros)
+    return C.dispatch("depthwise", impl, build, kernel, *a.operands)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
@@ -161,12 +172,17 @@ def max_pool(x: jax.Array, window, strides, padding, impl: str | None = None) ->
     """:func:`zoo.backend.conv.max_pool`; of a remembered :class:`Activation`, on the native
     kernels, the activation applied as the kernel reads the input."""
     a = recall(x)
-    if (not isinstance(a, Activation) or C.formulation("maxpool", impl) != "matmul"
-            or not C._native_float32(a.x)):
+    if not isinstance(a, Activation) or not C._native_float32(a.x):
         return C.max_pool(x, window, strides, padding, impl)
     window, strides = C.pair(window), C.pair(strides)
     pads = C.explicit_pads(x.shape[1:3], window, strides, (1, 1), C.normalize_padding(padding))
-    return _fused_max_pool(a.operands, a.act, window, strides, pads)
+
+    def build(form):
+        if form == "matmul":
+            return lambda *ops: _fused_max_pool(ops, a.act, window, strides, pads)
+        return lambda *ops: C.max_pool(activate(*ops, a.act), window, strides, pads, form)
+
+    return C.dispatch("maxpool", impl, build, *a.operands)  # not x: see depthwise
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
@@ -210,16 +226,25 @@ class Pointwise:
 
     x: jax.Array
     kernel: jax.Array
+    impl: str | None = None  # the convolution's own
 
 
-def pooled_pointwise(x: jax.Array, window: int) -> jax.Array | None:
-    """The ``window``-size, ``window``-stride 'VALID' average pool of ``x``, computed as the
-    pool of the 1x1 convolution's input, then the convolution, where ``x`` is a remembered
-    :class:`Pointwise` and the CPU formulations run; ``None`` otherwise. The same numbers
-    to float32 rounding, for a quarter of the convolution's work forward and in both its
-    gradients (XLA reorders the forward pass by itself, not the strided-add pool's
-    gradient)."""
+def pooled_pointwise(x: jax.Array, window: int, impl: str | None = None) -> jax.Array | None:
+    """The ``window``-size, ``window``-stride 'VALID' average pool of ``x``, computed (in
+    the CPU's branch) as the pool of the 1x1 convolution's input, then the convolution,
+    where ``x`` is a remembered :class:`Pointwise` and some platform pools as ``matmul``;
+    ``None`` otherwise. The same numbers to float32 rounding, for a quarter of the
+    convolution's work forward and in both its gradients (XLA reorders the forward pass by
+    itself, not the strided-add pool's gradient)."""
     p = recall(x)
-    if not isinstance(p, Pointwise) or C.formulation("avgpool") != "matmul":
+    if not isinstance(p, Pointwise) or not C.uses("avgpool", "matmul", impl):
         return None
-    return C.matmul_conv(C.sum_pool(p.x, window) / window**2, p.kernel, (1, 1), "VALID")
+
+    def build(form):
+        if form == "matmul":
+            return lambda px, k: C.matmul_conv(C.sum_pool(px, window) / window**2, k,
+                                               (1, 1), "VALID")
+        return lambda px, k: C.avg_pool(C.conv(px, k, (1, 1), "VALID", impl=p.impl), window,
+                                        window, "VALID", form)
+
+    return C.dispatch("avgpool", impl, build, p.x, p.kernel)  # not x: see depthwise

@@ -18,18 +18,16 @@ def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SA
     pads = _conv.normalize_padding(padding)
     if (kernel.shape[:2] == (1, 1) and groups == 1 and _conv.pair(strides) == (1, 1)
             and (isinstance(pads, str) or not any(sum(pads, ())))
-            and _conv.formulation("avgpool") == "matmul"):
-        _fusion.remember(y, _fusion.Pointwise(x, kernel))
+            and _conv.uses("avgpool", "matmul")):
+        _fusion.remember(y, _fusion.Pointwise(x, kernel, impl))
     return y
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SAME",
                    dilation=(1, 1), impl: str | None = None) -> jax.Array:
     """Depthwise convolution, ``kernel (kh, kw, C, multiplier)``, no bias."""
-    if _conv.formulation("depthwise", impl) == "matmul":
-        strides, dilation = _conv.pair(strides), _conv.pair(dilation)
-        return _fusion.depthwise(x, kernel, strides, _conv.normalize_padding(padding), dilation)
-    return _conv.depthwise_conv(x, kernel, strides, padding, dilation, impl)
+    strides, dilation = _conv.pair(strides), _conv.pair(dilation)
+    return _fusion.depthwise(x, kernel, strides, _conv.normalize_padding(padding), dilation, impl)
 
 
 def max_pool(x: jax.Array, window, strides, padding: Padding = "VALID",
@@ -43,8 +41,8 @@ def avg_pool(x: jax.Array, window: int, stride: int, padding: Padding = "VALID",
     """Average pooling, padded cells counted (``flax.linen.avg_pool``'s default); of a
     bias-free 1x1 conv's output, on CPU, the pool taken first
     (:func:`zoo.backend.fusion.pooled_pointwise`)."""
-    if window == stride and _conv.normalize_padding(padding) == "VALID" and impl != "xla":
-        pooled = _fusion.pooled_pointwise(x, window)
+    if window == stride and _conv.normalize_padding(padding) == "VALID":
+        pooled = _fusion.pooled_pointwise(x, window, impl)
         if pooled is not None:
             return pooled
     return _conv.avg_pool(x, window, stride, padding, impl)

@@ -24,8 +24,10 @@ is written:
   :class:`Act`, an inference batch norm and a ReLU / ReLU6 applied to each input row as
   it is read, so the activated tensor is never written: :mod:`zoo.backend.fusion`).
 
-``zoo.backend.conv`` and ``zoo.backend.fusion`` call them on the CPU only
-(``lax.platform_dependent``: the same traced function runs XLA's formulation on GPU and TPU).
+``zoo.backend.conv`` and ``zoo.backend.fusion`` call them in the CPU's branch only
+(``lax.platform_dependent``: a function lowered for GPU or TPU holds XLA's formulations and
+no custom call). ``$ZOO_NATIVE=auto`` builds them only on a host whose default backend is
+the CPU. ``jax.export`` for ``cpu`` takes them with :func:`export_checks`.
 
 Building: the first use compiles ``kernels.cc`` with the system C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``; ``-O3 -march=native``, about 3 s) against the FFI
@@ -164,9 +166,13 @@ def _load() -> str | None:
 
 
 def available() -> bool:
-    """Whether the kernels are in use (``$ZOO_NATIVE``; built and registered on first call)."""
+    """Whether the kernels are in use (``$ZOO_NATIVE``; built and registered on first call).
+
+    ``auto`` uses them only on a host whose default JAX backend is the CPU: a model traced
+    on a GPU or TPU host never builds them (its CPU branch, if it is ever lowered for the
+    CPU, keeps XLA's formulations); ``on`` builds them on any host."""
     chosen = mode()
-    if chosen == "off":
+    if chosen == "off" or (chosen == "auto" and jax.default_backend() != "cpu"):
         return False
     error = _load()
     if error is None:
@@ -181,6 +187,23 @@ def available() -> bool:
 def _warn_once(error: str) -> None:
     warnings.warn(f"zoo.backend.native: using XLA's formulations (slower on CPU): {error}",
                   RuntimeWarning, stacklevel=3)
+
+
+def export_checks() -> list:
+    """The ``disabled_checks`` that let :func:`jax.export.export` take the kernels' custom
+    calls (lowered for ``cpu``): ``jax.export.export(jax.jit(f), platforms=("cpu",),
+    disabled_checks=zoo.backend.native.export_checks())``.
+
+    Without them ``jax.export`` refuses a CPU lowering that uses the kernels (its error
+    names a ``zoo_...`` target): they are this package's own, with no compatibility
+    guarantee across versions. Such an artifact runs in a process where :func:`available`
+    has registered the same kernels (the same zoo version); for a portable CPU artifact,
+    trace under ``use_mode("off")`` (XLA's formulations, no custom call). Lowerings for
+    GPU and TPU never contain the kernels and need nothing.
+    """
+    from jax import export
+
+    return [export.DisabledSafetyCheck.custom_call(target) for target in _TARGETS]
 
 
 def _call(target: str, shape, *args: jax.Array, **attrs: int | float) -> jax.Array:
