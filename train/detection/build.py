@@ -23,6 +23,7 @@ from train.detection import predict as P
 from train.detection.augment import DetectionAugment
 from train.detection.data import DetectionSource, open_detection_source
 from train.detection.pipeline import DetectionLoader
+from zoo.backend.prng import init_key
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,9 @@ def build_detector(config, num_classes: int, anchors: tuple | None):
 
 
 def init_variables(model, hw: tuple[int, int], seed: int) -> dict[str, Any]:
-    """Fresh ``{'params', 'batch_stats'}`` for ``hw`` inputs (jitted init, rbg key)."""
-    key = jax.random.key(seed, impl="rbg")
+    """Fresh ``{'params', 'batch_stats'}`` for ``hw`` inputs (jitted init, the key of
+    :func:`zoo.backend.prng.init_key`)."""
+    key = init_key(seed)
     x = jnp.zeros((1, *hw, 3), jnp.float32)
     v = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(key)
     return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
