@@ -8,6 +8,7 @@ is the one with the best validation ``config.best_metric`` (lower is better for 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import zoo
 from train import checkpoint as C
 from train import data as D
+from train import device_augment
 from train import evaluate as E
 from train import features as FE
 from train import model as M
@@ -84,6 +86,8 @@ def setup(config, workdir: str, mesh) -> Task:
                "validation": make_loader(config, source, splits["validation"], train=False)}
     model, variables = build(config, len(names))
     norm, key = spec.normalize, "image"
+    aug = Augment.from_config(config.data.augment)
+    on_device = functools.partial(device_augment.apply, aug=aug) if aug.device else None
     why_not = FE.unavailable(config, variables["params"])
     if why_not is None:
         log.info("%s", FE.describe(config, sum(len(v) for v in splits.values())))
@@ -113,6 +117,6 @@ def setup(config, workdir: str, mesh) -> Task:
     return Task(spec=spec, model=model, variables=variables, train_loader=loaders["train"],
                 eval_step=T.make_eval_step(model, norm, key), validate=validate, finish=finish,
                 best_metric=config.best_metric, minimize=config.best_metric == "loss",
-                normalize=norm, input_key=key, summed=("correct",),
+                normalize=norm, input_key=key, augment=on_device, summed=("correct",),
                 means={"accuracy": "correct"}, headline=("loss", "accuracy"),
                 about=f" ({config.head.kind} head)")

@@ -59,7 +59,7 @@ def unavailable(config, params: dict) -> str | None:
         return "config.cache_features is off"
     if config.policy != "frozen":
         return f"policy {config.policy!r} trains part of the backbone"
-    if Augment.from_config(config.data.augment) != Augment():
+    if Augment.from_config(config.data.augment).active:
         return "training augmentation is on (set every config.data.augment key off)"
     if config.head.kind == "reference":
         kernel = params.get("head", {}).get("kernel")

@@ -205,7 +205,7 @@ def _steps(config, task: Task, mesh, total_steps: int) -> tuple[Callable, Callab
              "\n".join(F.describe(task.variables["params"], labels, task.spec)))
     train_step = T.make_train_step(task.model, tx, trainable, task.normalize,
                                    config.label_smoothing, task.input_key,
-                                   config.freeze_bn_stats, task.loss_fn)
+                                   config.freeze_bn_stats, task.loss_fn, task.augment)
     train_fn, eval_fn = T.jit_steps(train_step, task.eval_step, mesh)
     return train_fn, eval_fn, T.replicate(T.create_state(task.variables, tx, config.seed), mesh)
 

@@ -38,6 +38,12 @@ def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, AUGMENT_SALT, epoch, index])
 
 
+def augment_seeds(seed: int, epoch: int, idx: np.ndarray) -> np.ndarray:
+    """uint32 seeds of the examples ``idx`` for the device's augmentation in ``epoch``."""
+    return np.asarray([example_rng(seed, epoch, int(i)).integers(2**32, dtype=np.uint32)
+                       for i in idx], np.uint32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
     """Random training augmentations (all off by default)."""
@@ -50,11 +56,21 @@ class Augment:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+    device: bool = False  # apply them in the jitted step (train/device_augment.py)
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return dataclasses.replace(self, device=False) != Augment()
+
+    @property
+    def on_host(self) -> bool:
+        return self.active and not self.device
 
     @classmethod
     def from_config(cls, cfg) -> Augment:
         """From ``config.data.augment``."""
-        return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls) if f.name in cfg})
 
 
 def resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -143,7 +159,7 @@ class Loader:
                              f"batch_size={batch_size}; lower --config.batch_size")
         self.source, self.indices = source, np.asarray(indices, np.int64)
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
-        self.augment = augment if train else None
+        self.augment = augment if train and augment is not None and augment.active else None
         self.seed, self.workers, self.prefetch = seed, max(1, workers), max(0, prefetch)
         self.processes = auto_processes() if processes < 0 else processes
         self.local = slice(process_index * batch_size // process_count,
@@ -165,7 +181,7 @@ class Loader:
         img = self._cache.get(index)
         if img is None:
             img = self._cache.put(index, resize(self.source.image(index), self.image_size))
-        if self.augment is not None:
+        if self.augment is not None and not self.augment.device:
             img = augment(img, self.augment, example_rng(self.seed, epoch, index))
         return img
 
@@ -177,8 +193,9 @@ class Loader:
         for idx, mask, examples in prefetched(self.order(epoch), self.batch_size, start,
                                               len(self), lambda i: self.example(i, epoch),
                                               self.workers, self.prefetch, self.local):
-            yield {"image": np.stack(examples),
-                   "label": self.source.labels[idx].astype(np.int32), "mask": mask}
+            yield with_seeds({"image": np.stack(examples),
+                              "label": self.source.labels[idx].astype(np.int32), "mask": mask},
+                             self.augment, self.seed, epoch, idx)
 
     def _from_workers(self, epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
         """The batches from the worker processes, one endless stream per loader (starting
@@ -196,6 +213,13 @@ class Loader:
             yield batch
             self._live = None
         self._live = (nxt, batches) if per_epoch > start else None
+
+
+def with_seeds(batch: dict, aug: Augment | None, seed: int, epoch: int, idx: np.ndarray) -> dict:
+    """``batch`` plus ``augment_seed`` when the device augments it."""
+    if aug is not None and aug.device:
+        batch["augment_seed"] = augment_seeds(seed, epoch, idx)
+    return batch
 
 
 def auto_processes() -> int:
@@ -249,11 +273,12 @@ class BatchMaker:
         examples = []
         for i in idx:
             img = resize(self.source.image(int(i)), self.image_size)
-            if self.augment is not None:
+            if self.augment is not None and not self.augment.device:
                 img = augment(img, self.augment, example_rng(self.seed, epoch, int(i)))
             examples.append(img)
-        return {"image": np.stack(examples), "label": self.source.labels[idx].astype(np.int32),
-                "mask": mask}
+        return with_seeds({"image": np.stack(examples),
+                           "label": self.source.labels[idx].astype(np.int32), "mask": mask},
+                          self.augment, self.seed, epoch, idx)
 
 
 def worker_batches(loader: Loader, first: int) -> Iterator[dict]:

@@ -53,13 +53,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
 def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable[[str], bool],
                     normalize: Callable, label_smoothing: float = 0.0,
                     input_key: str = "image", freeze_bn_stats: bool = False,
-                    loss_fn: Callable | None = None) -> Callable:
+                    loss_fn: Callable | None = None, augment: Callable | None = None
+                    ) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``; gradients only for trainable leaves.
 
     The model reads ``batch[input_key]`` (``features`` when the head trains on cached ones).
     ``freeze_bn_stats`` runs every batch norm on its running statistics (Keras fine-tuning).
     ``loss_fn(outputs, batch) -> (loss, metrics)`` replaces the classification loss (e.g.
     a detector's); its metrics join the step's, and ``correct`` is then 0.
+    ``augment(images, seeds)`` augments the batch on the device first (``batch`` carries
+    ``augment_seed``: ``train/device_augment.py``).
     """
     bn_trainable = (lambda path: False) if freeze_bn_stats else trainable
 
@@ -67,7 +70,8 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable
         flat = traverse_util.flatten_dict(state.params)
         train_keys = [k for k in flat if trainable("/".join(k))]
         fixed = {k: v for k, v in flat.items() if not trainable("/".join(k))}
-        x = normalize(batch[input_key])
+        x = batch[input_key]
+        x = normalize(x if augment is None else augment(x, batch["augment_seed"]))
 
         def objective(tp):
             params = traverse_util.unflatten_dict({**tp, **fixed})

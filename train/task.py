@@ -40,6 +40,7 @@ class Task:
     best_metric: str  # validation metric that picks the best checkpoint
     minimize: bool = False  # True when a lower best_metric is better (a loss)
     normalize: Callable = lambda x: x  # applied to batch[input_key] inside the step
+    augment: Callable | None = None  # augment(images, batch['augment_seed']) in the train step
     input_key: str = "image"
     loss_fn: Callable | None = None  # loss_fn(outputs, batch) -> (loss, parts); None: softmax CE
     summed: Sequence[str] = ()  # step metrics summed over the epoch besides loss and count

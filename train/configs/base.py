@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
             "brightness": 0.0,  # factors in [1 - x, 1 + x]
             "contrast": 0.0,
             "saturation": 0.0,
+            # apply the above inside the jitted step (GPU/TPU: the host only decodes and
+            # resizes; train/device_augment.py); other random numbers than the host's
+            "device": False,
         }
     )
 
