@@ -391,3 +391,178 @@ def test_10_model_arguments_are_checked():
     assert "batch axis" not in str(err.value)
     with pytest.raises(ValueError, match=r"batch axis"):
         model.init(__import__("jax").random.PRNGKey(0), np.zeros((32, 32, 3), np.float32))
+
+
+# --------------------------------------------------------------------------- 8, 9: one line
+
+TINY = ["--config", "train/configs/synthetic.py", "--config.model.name=tiny_test_net",
+        "--config.data.synthetic_size=96", "--config.data.image_size=16",
+        "--config.batch_size=8", "--config.epochs=2", "--config.checkpoint_every_steps=3",
+        "--config.progress=false", "--config.data.workers=1"]
+
+
+def script(name, *args, preexec_fn=None):
+    """``scripts.<name>`` as its users run it, with the tiny net registered."""
+    code = ("import sys; from tests.tiny_model import register; register(); "
+            f"from scripts import {name} as m; sys.argv = [{name!r}] + sys.argv[1:]; m.run()")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True,
+                          text=True, timeout=600, preexec_fn=preexec_fn)
+
+
+def one_line_error(proc, *words):
+    """Exit status 2, no traceback, and the last line of stderr is the error, naming ``words``."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(w in last for w in words), last
+    return last
+
+
+def test_9_a_misspelt_config_key_is_one_line(tmp_path):
+    one_line_error(script("train", *TINY, "--config.batchsize=3", "--workdir", tmp_path),
+                   "'batchsize'", "batch_size")
+    assert not os.path.exists(tmp_path / "config.json")
+
+
+CASES = {
+    "unknown policy": (["train", *TINY, "--config.policy=bogus"], ["unknown policy 'bogus'"]),
+    "finetune:99": (["train", *TINY, "--config.policy=finetune:99"], ["finetune_groups=99"]),
+    "regex matching nothing": (["train", *TINY, "--config.policy=regex:zzz"],
+                               ["matches no parameter"]),
+    "batch larger than the split": (["train", *TINY, "--config.batch_size=500"],
+                                    ["batch_size=500"]),
+    "missing folder": (["train", *TINY, "--config.data.source=folder:/no/such/folder"],
+                       ["/no/such/folder", "does not exist"]),
+    "unknown tfds name": (["train", *TINY, "--config.data.source=tfds:malria",
+                           "--config.data.download=false"], ["'malria'", "malaria"]),
+    "evaluate a missing workdir": (["evaluate", "--workdir", "/no/such/run"],
+                                   ["/no/such/run does not exist"]),
+    "convert a missing file": (["convert", "--model", "resnet18", "--input", "/no/such.h5",
+                                "--output", "OUT"], ["/no/such.h5"]),
+    "convert with a wrong option": (["convert", "--model", "resnet18", "--set", "alpha=2",
+                                     "--output", "OUT"], ["unknown option", "alpha"]),
+    "draw an unknown model": (["draw", "--model", "resnet1", "--out", "OUT.svg"],
+                              ["resnet1", "resnet18"]),
+}
+
+
+@pytest.mark.slow  # a subprocess each (~5 s)
+@pytest.mark.parametrize("case", list(CASES))
+def test_9_ordinary_mistakes_are_one_line(case, tmp_path):
+    (name, *args), words = CASES[case]
+    args = [str(tmp_path / "out") if a == "OUT" else
+            str(tmp_path / "out.svg") if a == "OUT.svg" else a for a in args]
+    if name == "train":
+        args += ["--workdir", str(tmp_path / "run")]
+    one_line_error(script(name, *args), *words)
+    if name == "train":  # nothing of a run was kept
+        assert not os.path.exists(tmp_path / "run" / "config.json")
+        assert not os.path.exists(tmp_path / "run" / "splits.json")
+
+
+@pytest.mark.slow
+def test_9_verbose_shows_the_traceback(tmp_path):
+    proc = script("train", *TINY, "--config.policy=bogus", "--workdir", tmp_path, "--verbose")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    assert "unknown policy 'bogus'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_9_predict_names_each_bad_file_and_goes_on(folder_run, tmp_path):
+    workdir, data, *_ = folder_run
+    good = sorted((data / "uninfected").iterdir())[0]
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    broken = broken_stream_png(tmp_path / "broken.png")
+    files = [good, truncated, empty, tmp_path / "missing.png", broken, tmp_path]
+    proc = script("predict", "--workdir", workdir, *files)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0].startswith(f"{good}\t")  # the good one, predicted
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    for bad in files[1:]:
+        assert any(str(bad) in line for line in errors), (bad, errors)
+    assert errors[-1] == "error: 5 of 6 file(s) could not be read"
+
+
+@pytest.mark.slow
+def test_2_9_cli_rerun_with_another_config_and_a_busy_workdir(folder_run, tmp_path):
+    workdir, data, *_ = folder_run
+    args = [*TINY, f"--config.data.source=folder:{data}", "--config.data.group_regex=",
+            "--workdir", workdir]
+    before = snapshot(workdir)
+    one_line_error(script("train", *args, "--config.learning_rate=0.1"), "another config",
+                   "learning_rate 0.002 -> 0.1", "--overwrite")
+    assert snapshot(workdir) == before
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, workdir], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        one_line_error(script("train", *args), f"pid {holder.pid}", "another --workdir")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _tmpfs_works() -> bool:
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"],
+                          capture_output=True).returncode == 0 if shutil.which("unshare") \
+        else False
+
+
+@pytest.mark.slow  # two tiny training runs in subprocesses
+def test_8_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
+    """A real ENOSPC: the workdir on a 1 MiB tmpfs (a private mount namespace) with 750 KiB
+    taken; where unprivileged mounts are not allowed, a file-size limit (EFBIG) instead."""
+    code = ("import sys; from tests.tiny_model import register; register(); "
+            "from scripts import train as m; sys.argv = ['train'] + sys.argv[1:]; m.run()")
+    argv = [sys.executable, "-c", code, *TINY]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    mnt = tmp_path / "mnt"
+    if _tmpfs_works():
+        mnt.mkdir()
+        inner = (f"mount -t tmpfs -o size=1024k tmpfs {mnt} && "
+                 f"dd if=/dev/zero of={mnt}/filler bs=1k count=750 2>/dev/null && "
+                 f"{{ \"$@\" --workdir {mnt}/run 2> {tmp_path}/first.err; "
+                 f"echo $? > {tmp_path}/first.rc; ls -R {mnt}/run > {tmp_path}/first.ls; "
+                 f"rm {mnt}/filler; \"$@\" --workdir {mnt}/run 2> {tmp_path}/second.err; "
+                 f"echo $? > {tmp_path}/second.rc; cp {mnt}/run/eval_test.json {tmp_path}/; }}")
+        subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", inner,
+                        "sh", *argv], cwd=ROOT, env=env, timeout=900, check=True)
+        first = subprocess.CompletedProcess(argv, int((tmp_path / "first.rc").read_text()),
+                                            "", (tmp_path / "first.err").read_text())
+        assert "checkpoints" in (tmp_path / "first.ls").read_text()  # it got that far
+        second_rc = int((tmp_path / "second.rc").read_text())
+        second_err = (tmp_path / "second.err").read_text()
+    else:
+        import resource
+
+        def limit():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+        run = str(tmp_path / "run")
+        first = subprocess.run([*argv, "--workdir", run], cwd=ROOT, env=env, text=True,
+                               capture_output=True, timeout=600, preexec_fn=limit)
+        again = subprocess.run([*argv, "--workdir", run], cwd=ROOT, env=env, text=True,
+                               capture_output=True, timeout=600)
+        second_rc, second_err = again.returncode, again.stderr
+        shutil.copy(os.path.join(run, "eval_test.json"), tmp_path)
+    one_line_error(first, "disk full", "run the same command again")
+    assert second_rc == 0, second_err[-3000:]
+    assert "resumed from step" in second_err
+    assert json.load(open(tmp_path / "eval_test.json"))["num_examples"] > 0
+
+
+def test_3_a_key_added_since_the_run_started_at_its_default_resumes(tmp_path):
+    config = tiny_config()
+    old = W.config_json(config)
+    del old["data"]["augment"]["hflip"]  # as if written before the key existed
+    W.write_json(str(tmp_path / "config.json"), old)
+    assert list(W.check_config(config, str(tmp_path))) == ["data.augment.hflip"]
+    config.data.augment.hflip = not config.data.augment.hflip  # ... but not at another value
+    with pytest.raises(WorkdirError, match=r"data.augment.hflip \(absent\) -> false"):
+        W.check_config(config, str(tmp_path))

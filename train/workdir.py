@@ -180,10 +180,23 @@ def read_json(path: str, what: str) -> Any:
                            "it, or start again with --overwrite") from None
 
 
+class _Missing:
+    """A key one of two configs lacks."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+def _defaults() -> dict[str, Any]:
+    from train.configs import base
+
+    return flat(config_json(base.get_config()))
+
+
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ between two config JSONs: ``{key: (old, new)}``."""
     a, b = flat(old), flat(new)
-    missing = object()
+    missing = _Missing()
     return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
             if a.get(k, missing) != b.get(k, missing)}
 
@@ -202,7 +215,10 @@ def check_config(config, workdir: str) -> dict[str, tuple[Any, Any]]:
     if not os.path.exists(path):
         return {}
     changes = config_changes(read_json(path, "config of the run"), config_json(config))
-    blocking = {k: v for k, v in changes.items() if k not in RESUMABLE}
+    defaults = _defaults()
+    blocking = {k: v for k, v in changes.items() if k not in RESUMABLE
+                # a key this code added since the run started, at its default: unchanged
+                and not (isinstance(v[0], _Missing) and defaults.get(k, v[0]) == v[1])}
     if blocking:
         raise WorkdirError(
             f"workdir {workdir} holds a run with another config ({_show(blocking)}); a re-run "

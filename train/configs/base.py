@@ -2,6 +2,14 @@
 
 ``python -m scripts.train --config train/configs/<recipe>.py --config.key=value --workdir DIR``.
 The config is locked: a misspelt ``--config.batchsize`` is an error that names the key.
+
+Re-running a command on its workdir resumes the run only with the same config, apart from
+the keys that change how it reports, checkpoints and reads its data, never what it
+computes (``train.workdir.RESUMABLE``: progress, log_every_steps, checkpoint_every_steps,
+keep_checkpoints, num_devices, features_dir, data.workers/processes/prefetch/cache/
+cache_mb/download/tfds_data_dir). Anything else (epochs included: the learning-rate
+schedule spans them) is refused; use a new workdir (``--config.init=<old workdir>`` to go
+on from it) or ``--overwrite``.
 """
 
 from __future__ import annotations

@@ -3,9 +3,12 @@
   python -m scripts.train --config train/configs/synthetic.py --workdir /tmp/zoo_demo
   python -m scripts.evaluate --workdir /tmp/zoo_demo
 
-Measured (train + evaluate): 97.5% test accuracy (parasitized sensitivity 0.975,
-specificity 0.975, ROC AUC 0.993); 1m52s of CPU time, 4m53s wall on the 2-core machine
-while other jobs shared it.
+A 30-step learning-rate warm-up (of 120 steps) makes it learn whatever the seed: without
+it, Adam's first steps at full rate threw some seeds off (seed 7: 0.61 test accuracy).
+Measured with ``--config.seed=S`` on the 2-core machine (shared with other jobs, about
+4m45s wall each): test accuracy 0.950 / 0.975 / 0.944 / 0.963 / 0.950 for seeds 0-4
+(validation 0.919 / 0.944 / 0.963 / 0.950 / 0.938), and 0.963 for seed 7; ROC AUC
+0.99-1.00 for all.
 """
 
 from train.configs import base
@@ -25,5 +28,6 @@ def get_config():
     c.batch_size = 32
     c.epochs = 3
     c.learning_rate = 2e-3
+    c.warmup_steps = 30
     c.positive_class = "parasitized"
     return base.locked(c)
