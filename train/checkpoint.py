@@ -49,7 +49,7 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if step not in self.last.all_steps():
             self.last.save(step, args=args)
-        if best:
+        if best and step not in self.best.all_steps():  # a redone step may have been kept
             self.best.save(step, args=args, force=True)
 
     @staticmethod
