@@ -3,6 +3,7 @@
     python -m scripts.bench [--models resnet50,mobilenet,...] [--batch 32] [--rounds 3]
         [--tf-python /path/to/python-with-tensorflow] [--json bench.json] [--markdown bench.md]
     python -m scripts.bench --convs    # each conv formulation at typical shapes (zoo.backend.conv)
+    python -m scripts.bench --device-check    # on a GPU/TPU: batch 256, bf16 and float32, timm
     python -m scripts.bench --input    # the loader's img/s, and the loop against the bare step
 
 Each model runs in a fresh process per framework; what is timed and how: train/bench.py
@@ -34,6 +35,12 @@ flags.DEFINE_string("markdown", None, "Write the table here.")
 flags.DEFINE_bool("convs", False, "Time each convolution formulation instead of the models.")
 flags.DEFINE_bool("input", False, "Time the input pipeline (threads, worker processes) and "
                   "training through the loop against the bare step (train/bench_input.py).")
+flags.DEFINE_bool("device-check", False, "The accelerator check: ResNet50 and MobileNetV2 "
+                  "training and inference at batch 256 in float32 and bfloat16, timm as the "
+                  "peer, a short run of train.loop (train/bench.py device_check); small "
+                  "sizes when JAX has no accelerator.")
+flags.DEFINE_bool("device-check-small", False, "--device-check at its small sizes even on an "
+                  "accelerator (a quick check of the path).")
 flags.register_validator("frameworks", lambda v: set(v) <= set(bench.FRAMEWORKS),
                          "--frameworks takes some of " + ",".join(bench.FRAMEWORKS))
 flags.register_validator("modes", lambda v: bool(v) and set(v) <= {"infer", "train"},
@@ -43,6 +50,10 @@ flags.register_validator("modes", lambda v: bool(v) and set(v) <= {"infer", "tra
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS["device-check"].value or FLAGS["device-check-small"].value:
+        bench.device_check(small=True if FLAGS["device-check-small"].value else None,
+                           json_path=FLAGS.json)
+        return
     if FLAGS.input:
         bench_input.run(json_path=FLAGS.json, markdown_path=FLAGS.markdown)
         return

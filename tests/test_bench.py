@@ -10,6 +10,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 from flax import linen as nn
 
 import viz
@@ -140,3 +141,37 @@ def test_bench_and_drawings_count_the_same_flops():
     assert {m: round(bench.model_flops(m) / 1e9, 2) for m in per_image} == per_image
     g = viz.trace("mobilenetv2")
     assert sum(n.flops for n in g.nodes.values()) == bench.model_flops("mobilenetv2")
+
+
+def test_device_check_runs_small_on_a_cpu(capsys):
+    """Without an accelerator the device check runs at its small sizes: both dtypes, img/s,
+    where a step's time goes (blocked, pipelined, host dispatch; the longest profiler
+    events), the timm peer or why it is missing, and the report names it no measurement."""
+    from tests import tiny_model
+
+    with tiny_model.registered():
+        out = bench.device_check(models=(tiny_model.NAME,), training=False)
+    assert out["small"] and (out["batch"], out["size"]) == (4, 64)
+    assert set(out["models"]) == {f"{tiny_model.NAME} float32", f"{tiny_model.NAME} bfloat16"}
+    for entry in out["models"].values():
+        assert entry["train"] > 0 and entry["infer"] > 0
+        assert all(entry["step_ms"][k] > 0 for k in ("blocked", "pipelined", "dispatch"))
+        timm = entry["timm"]
+        assert "skipped" in timm or (timm["train"] > 0 and timm["infer"] > 0)
+    profile = out["models"][f"{tiny_model.NAME} float32"]["profile"]
+    assert isinstance(profile, list) and profile and all(ms >= 0 for ms, _ in profile)
+    printed = capsys.readouterr().out
+    assert "small: not a measurement" in printed and "A100 AMP 2470" in printed
+
+
+@pytest.mark.slow
+def test_device_check_script_on_a_cpu(tmp_path):
+    """``scripts.bench --device-check`` here: ResNet50 and MobileNetV2 at the small sizes in
+    both dtypes, and a real short training through train.loop."""
+    js = tmp_path / "device.json"
+    run_script("bench", "--device-check", "--json", js)
+    out = json.loads(js.read_text())
+    assert out["small"] and len(out["models"]) == 4
+    assert all(e["train"] > 0 and e["infer"] > 0 for e in out["models"].values())
+    assert out["training"]["model"] == "mobilenetv2" and out["training"]["img_per_s"] > 0
+    assert out["training"]["accuracy"] is not None

@@ -64,16 +64,17 @@ def _time(fn, warmup: int, repeats: int) -> float:
 # ------------------------------------------------------------------ workers
 
 
-def ours_functions(name: str, batch: int):
-    """The zoo model's jitted inference and SGD step, and their arguments (random data)."""
+def ours_functions(name: str, batch: int, *, size: int | None = None, dtype: str = "float32"):
+    """The zoo model's jitted inference and SGD step, and their arguments (random data):
+    ``size`` px (default: the benchmark's), computing in ``dtype`` (parameters float32)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import zoo
 
-    size = size_of(name)
-    model = zoo.create(name)
+    size = size or size_of(name)
+    model = zoo.create(name, dtype=getattr(jnp, dtype))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, size, size, 3)).astype("float32"))
     y = jnp.asarray(rng.integers(0, 1000, batch))
@@ -433,3 +434,201 @@ def compare(models: Sequence[str] = DEFAULT_MODELS, frameworks: Sequence[str] = 
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))
     return report
+
+
+# ------------------------------------------------------------------ device check
+
+DEVICE_CHECK_MODELS = ("resnet50", "mobilenetv2")
+DEVICE_CHECK_DTYPES = ("float32", "bfloat16")
+# ResNet50 training img/s, NVIDIA DeepLearningExamples (PyTorch): the anchors of issue 19
+RESNET50_ANCHORS = {"A100 TF32": 938, "A100 AMP": 2470, "V100 FP32": 367}
+TIMM_NAMES = {"resnet50": "resnet50", "mobilenetv2": "mobilenetv2_100"}
+
+
+def _step_timing(step, state, x, y, warmup: int, repeats: int) -> dict:
+    """Where a training step's time goes: ``blocked`` (ms per step, waiting for each),
+    ``pipelined`` (ms per step over ``repeats`` steps dispatched back to back: the device's
+    pace when the host keeps ahead) and ``dispatch`` (ms of host time to enqueue one)."""
+    import jax
+
+    params, stats = state
+
+    def one():
+        nonlocal params, stats
+        params, stats, value = step(params, stats, x, y)
+        return value
+
+    for _ in range(warmup):
+        jax.block_until_ready(one())
+    blocked = _time(lambda: jax.block_until_ready(one()), 0, repeats)
+    t = time.perf_counter()
+    values = [one() for _ in range(repeats)]
+    dispatched = time.perf_counter() - t
+    jax.block_until_ready(values)
+    total = time.perf_counter() - t
+    return dict(blocked=1e3 * blocked, pipelined=1e3 * total / repeats,
+                dispatch=1e3 * dispatched / repeats)
+
+
+def _profile_summary(fn, args, top: int = 8) -> list[tuple[float, str]]:
+    """(ms, event name) of the ``top`` longest kinds of event in a ``jax.profiler`` trace of
+    one call (names with their digits folded: ``fusion.12`` and ``fusion.7`` together); on
+    a GPU the kernels, on the CPU XLA's thunks."""
+    import glob
+    import gzip
+    import re
+
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            jax.block_until_ready(fn(*args))
+        files = glob.glob(os.path.join(tmp, "**", "*.json.gz"), recursive=True)
+        if not files:
+            raise RuntimeError("jax.profiler wrote no Perfetto trace")
+        with gzip.open(files[0]) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    sums: dict[str, float] = {}
+    skip = ("PjitFunction", "ThunkExecutor", "$", "end: ", "SlinkyThreadPool")
+    for e in events:
+        if e.get("ph") == "X" and not e["name"].startswith(skip):
+            name = re.sub(r"\d+", "#", e["name"])[:90]
+            sums[name] = sums.get(name, 0.0) + e.get("dur", 0) / 1e3
+    return sorted(((ms, n) for n, ms in sums.items()), reverse=True)[:top]
+
+
+def _timm_peer(name: str, batch: int, size: int, dtype: str, warmup: int,
+               repeats: int) -> dict:
+    """timm's model on the same device (CUDA if torch sees one, else the CPU), channels_last,
+    bf16 by autocast: img/s of an SGD training step and of inference; ``skipped`` with the
+    reason when timm or torch is missing."""
+    try:
+        import timm
+        import torch
+    except ImportError as e:
+        return {"skipped": f"timm/torch not installed ({e.name})"}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    model = timm.create_model(TIMM_NAMES[name], num_classes=1000).to(
+        device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    cast = dict(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def train():
+        model.train()
+        with torch.autocast(**cast):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+
+    def infer():
+        model.eval()
+        with torch.no_grad(), torch.autocast(**cast):
+            model(x)
+        sync()
+
+    return {"device": device, "torch": torch.__version__, "timm": timm.__version__,
+            "train": batch / _time(train, warmup, repeats),
+            "infer": batch / _time(infer, warmup, repeats)}
+
+
+def _short_training(model: str, batch: int, size: int, steps: int, workdir: str) -> dict:
+    """A real run of ``train.loop.train_and_evaluate`` on synthetic data (the project's
+    pipeline, steps, checkpoints and final evaluation): wall seconds, img/s over the run
+    (compilation included) and the report's accuracy."""
+    from train import loop
+    from train.configs import synthetic
+
+    config = synthetic.get_config()
+    config.model.name = model
+    config.data.image_size = size
+    config.data.synthetic_size = max(int(steps * batch / 0.8) + batch, 64)
+    config.batch_size = batch
+    config.epochs = 1
+    config.max_steps = steps
+    config.progress = False
+    config.checkpoint_every_steps = steps
+    t = time.perf_counter()
+    report = loop.train_and_evaluate(config, workdir, overwrite=True)
+    seconds = time.perf_counter() - t
+    accuracy = report.get("accuracy") if isinstance(report, dict) else None
+    return dict(model=model, batch=batch, size=size, steps=steps, seconds=seconds,
+                img_per_s=steps * batch / seconds, accuracy=accuracy)
+
+
+def device_check(*, small: bool | None = None, models: Sequence[str] = DEVICE_CHECK_MODELS,
+                 dtypes: Sequence[str] = DEVICE_CHECK_DTYPES, train_model: str | None = None,
+                 training: bool = True, json_path: str | None = None) -> dict:
+    """The accelerator check (``python -m scripts.bench --device-check``): on JAX's default
+    device, each model's training step (SGD, batch statistics) and inference at batch 256,
+    224 px, in each dtype: img/s and where a step's time goes (blocked, pipelined and host
+    dispatch ms per step; the longest events of a ``jax.profiler`` trace of the first); timm
+    on the same device as the peer; a short real training through ``train.loop`` on
+    synthetic data (``train_model``, default the last model; ``training=False`` skips it).
+    ``small`` (the default without an accelerator): batch 4 at 64 px and a few steps, to
+    check the path on a CPU. Prints a report and returns its data."""
+    import jax
+
+    accelerator = jax.default_backend() != "cpu"
+    small = (not accelerator) if small is None else small
+    batch, size, warmup, repeats = (4, 64, 1, 2) if small else (256, 224, 3, 10)
+    device = jax.devices()[0]
+    out = {"device": f"{device.platform} {device.device_kind}", "count": jax.device_count(),
+           "small": small, "batch": batch, "size": size, "versions": _versions("jax", "jaxlib"),
+           "models": {}, "anchors_resnet50_train": RESNET50_ANCHORS}
+    lines = [f"device check on {out['device']} (x{out['count']}), batch {batch}, {size} px"
+             + (" (small: not a measurement)" if small else ""),
+             "| model | dtype | train img/s | infer img/s | step ms blocked / pipelined / "
+             "host dispatch | timm train / infer img/s |", "|---|---|---|---|---|---|"]
+    print(lines[0], flush=True)
+    for name in models:
+        for dtype in dtypes:
+            fns = ours_functions(name, batch, size=size, dtype=dtype)
+            infer, infer_args = fns["infer"]
+            step, (params, stats, x, y) = fns["train"]
+            timing = _step_timing(step, (params, stats), x, y, warmup, repeats)
+            infer_s = _time(functools.partial(_run, infer, *infer_args), warmup, repeats)
+            entry = dict(train=1e3 * batch / timing["blocked"], infer=batch / infer_s,
+                         step_ms=timing)
+            if name == models[0] and dtype == dtypes[0]:
+                try:
+                    entry["profile"] = _profile_summary(step, (params, stats, x, y))
+                except Exception as e:  # a profiler that cannot trace here is not a failure
+                    entry["profile"] = f"unavailable: {type(e).__name__}: {e}"
+            entry["timm"] = _timm_peer(name, batch, size, dtype, warmup, repeats)
+            out["models"][f"{name} {dtype}"] = entry
+            t = entry["timm"]
+            peer = t["skipped"] if "skipped" in t else f"{t['train']:.0f} / {t['infer']:.0f}"
+            lines.append(f"| {name} | {dtype} | {entry['train']:.1f} | {entry['infer']:.1f} | "
+                         f"{timing['blocked']:.1f} / {timing['pipelined']:.1f} / "
+                         f"{timing['dispatch']:.2f} | {peer} |")
+            print(lines[-1], flush=True)
+    first = out["models"][f"{models[0]} {dtypes[0]}"]
+    if isinstance(first.get("profile"), list):
+        lines.append(f"\nlongest events of one {models[0]} {dtypes[0]} training step (ms):")
+        lines += [f"  {ms:9.2f}  {n}" for ms, n in first["profile"]]
+    else:
+        lines.append(f"\nprofile: {first.get('profile')}")
+    if training:
+        with tempfile.TemporaryDirectory() as workdir:
+            run = _short_training(train_model or models[-1], 8 if small else 128,
+                                  32 if small else size, 3 if small else 30, workdir)
+        out["training"] = run
+        lines.append(f"\ntrain.loop on synthetic data: {run['model']} {run['steps']} steps of "
+                     f"{run['batch']} at {run['size']} px in {run['seconds']:.1f} s "
+                     f"({run['img_per_s']:.1f} img/s with compilation), accuracy "
+                     f"{run['accuracy']}")
+    lines.append("anchors, ResNet50 training img/s (NVIDIA DeepLearningExamples, PyTorch): "
+                 + ", ".join(f"{k} {v}" for k, v in RESNET50_ANCHORS.items()))
+    text = "\n".join(lines)
+    print(text, flush=True)
+    out["text"] = text
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=1, default=str))
+    return out
