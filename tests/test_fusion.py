@@ -271,3 +271,19 @@ def test_models_fuse_into_native_kernels_in_inference_only(monkeypatch, name, de
     assert ("zoo_max_pool(" in train) == pool
     assert "zoo_" not in lowered(lambda v, x: model.apply(v, x), variables, x,
                                  platforms=("cuda",))
+
+
+@needs_cxx
+def test_compiled_cpu_program_keeps_the_fusions_with_the_branch_inlined(monkeypatch):
+    """The layers are platform branches (``lax.platform_dependent``); compiled for the CPU
+    only the CPU's remains, inlined: no conditional, and the fused kernel of every
+    depthwise conv (a branch that read the unfused array instead would hand it a zero
+    gradient: test_transition_conv_runs_on_pooled_pixels sees the products it costs)."""
+    monkeypatch.setenv("ZOO_NATIVE", "on")
+    model = zoo.create("mobilenetv2", num_classes=3)
+    x = jnp.zeros((2, 32, 32, 3))
+    v = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    text = jax.jit(lambda v, x: model.apply(v, x)).lower(v, x).compile().as_text()
+    assert " conditional(" not in text
+    assert text.count('custom_call_target="zoo_depthwise_forward_act"') == 17
+    assert 'custom_call_target="zoo_conv"' in text

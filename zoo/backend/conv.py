@@ -44,8 +44,10 @@ the same numbers:
 - ``avgpool``: ``matmul`` computes non-overlapping 'VALID' average pools as a sum of
   strided slices, 3x faster than XLA:CPU's ``reduce_window``.
 
-The formulation is chosen per backend (``jax.default_backend()``) from the table
-:data:`FORMULATIONS`, when a model is traced. ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
+The formulation follows the platform a function is lowered for, from the table
+:data:`FORMULATIONS` (:func:`dispatch`: one ``lax.platform_dependent`` per layer whose
+formulation differs between platforms, so a function traced on a CPU host and lowered or
+exported for cuda, rocm or tpu holds XLA's operations). ``ZOO_CONV_IMPL=xla`` (or ``matmul``)
 forces one formulation for every kind, and each layer's ``impl`` argument overrides
 both (``auto``, the default, defers to the table); :func:`use_impl` sets the global one
 for the code within a ``with`` block (``viz`` traces under ``xla``).

@@ -18,8 +18,11 @@ that reads one of them may compute its own output from the ingredients instead:
 
 What is remembered is keyed by the identity of the traced value (a weak reference, so an
 entry goes with its array), only for tracers (under ``jit``, ``grad``, ``eval_shape``), and
-only where :func:`zoo.backend.conv.formulation` picks the CPU formulations: never under
-``use_impl("xla")`` (which ``viz`` traces) and never on GPU/TPU. A value that went through
+only where some platform takes the CPU formulations: never under ``use_impl("xla")`` (which
+``viz`` traces). The fused computation is the CPU's branch of a ``lax.platform_dependent``
+(:func:`zoo.backend.conv.dispatch`), the other platforms' branch their unfused formulation;
+both read the ingredients, not the remembered array (a branch that ignored an operand would
+hand it a zero gradient that XLA computes with). A value that went through
 anything else (arithmetic, a concatenation, a slice) is a new array with nothing
 remembered, so an edited model is always right, only perhaps less fused. The numbers are the
 unfused layers' (the same operations; equal to float32 rounding).
