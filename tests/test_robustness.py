@@ -566,3 +566,14 @@ def test_3_a_key_added_since_the_run_started_at_its_default_resumes(tmp_path):
     config.data.augment.hflip = not config.data.augment.hflip  # ... but not at another value
     with pytest.raises(WorkdirError, match=r"data.augment.hflip \(absent\) -> false"):
         W.check_config(config, str(tmp_path))
+
+
+def test_10_without_dot_the_suggested_command_writes_next_to_out(tiny, tmp_path, monkeypatch):
+    import viz
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no Graphviz `dot` on it
+    out = tmp_path / "drawings" / "tiny.svg"
+    with pytest.raises(viz.GraphvizNotFound) as err:
+        viz.draw(tiny, out=out)
+    assert f"-o {out}`" in str(err.value)  # not into the current folder
+    assert (tmp_path / "drawings" / "tiny.dot").exists()
