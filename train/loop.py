@@ -19,6 +19,7 @@ global batch (``jax.process_index()``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -78,7 +79,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     the same config (bar ``train.workdir.RESUMABLE`` keys); ``overwrite`` discards a run
     with another config instead, once the new one's checks have passed.
     """
-    with W.Lock(workdir):
+    maybe_initialize_distributed()
+    # one lock per run: the first process holds it for every host of a multi-host run
+    with W.Lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
         if config.stages:
             return _stages(config, workdir, overwrite)
         return _train(config, workdir, overwrite)[0]
@@ -129,7 +132,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fa
     """One run of the config's task in ``workdir``: its final report, and the task."""
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
-    setup = W.Setup(workdir, overwrite)  # with overwrite: the old run moved aside
+    # with overwrite: the old run moved aside (by the first process only)
+    setup = W.Setup(workdir, overwrite, active=jax.process_index() == 0)
     logs.setup_logging(workdir)
     try:  # every check before anything of the run is kept: a refusal leaves the workdir as it was
         _check_init(config)

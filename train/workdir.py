@@ -251,8 +251,13 @@ def has_run(workdir: str) -> bool:
 class Setup:
     """The checks of a run's start as one step: :meth:`undo` on failure, :meth:`commit`."""
 
-    def __init__(self, workdir: str, overwrite: bool = False):
-        self.workdir, self.aside = workdir, None
+    def __init__(self, workdir: str, overwrite: bool = False, active: bool = True):
+        """``active=False`` (every process of a multi-host run but the first): no moves, no
+        removals, the first process does them."""
+        self.workdir, self.aside, self.active = workdir, None, active
+        self.before: set[str] = set()
+        if not active:
+            return
         if overwrite and has_run(workdir):
             self.aside = tempfile.mkdtemp(prefix=".replaced-", dir=workdir)
             for name in self._entries():
@@ -265,6 +270,8 @@ class Setup:
 
     def undo(self) -> None:
         """Remove what the failed start wrote; put a run moved aside back."""
+        if not self.active:
+            return
         for name in set(self._entries()) - self.before:
             path = os.path.join(self.workdir, name)
             if os.path.isdir(path) and not os.path.islink(path):
