@@ -577,3 +577,14 @@ def test_10_without_dot_the_suggested_command_writes_next_to_out(tiny, tmp_path,
         viz.draw(tiny, out=out)
     assert f"-o {out}`" in str(err.value)  # not into the current folder
     assert (tmp_path / "drawings" / "tiny.dot").exists()
+
+
+def test_2_overwrite_replaces_the_run_once_the_new_one_starts(folder_run, tmp_path, train_log):
+    workdir, data, config, _ = copy_run(folder_run, tmp_path)
+    new = tiny_config(**{**_folder(data), "learning_rate": 0.01, "epochs": 1})
+    loop.train_and_evaluate(new, workdir, overwrite=True)
+    assert json.load(open(os.path.join(workdir, "config.json")))["learning_rate"] == 0.01
+    assert "--overwrite: removed the previous run" in train_log.text
+    assert not [n for n in os.listdir(workdir) if n.startswith(".replaced-")]
+    rows = [json.loads(r) for r in open(os.path.join(workdir, "history.jsonl"))]
+    assert max(r["epoch"] for r in rows) == 1  # the new run's history only
