@@ -25,6 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.")
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# The project's packages, beside this one in a checkout and in site-packages alike.
+PACKAGES = ("zoo", "train", "viz", "scripts")
 
 
 def _known_model(name: str | None) -> bool:
@@ -43,6 +45,21 @@ def check_model_flag(name: str = "model") -> None:
     flags.register_validator(name, _known_model)
 
 
+def recipes_by_name(flag) -> None:
+    """Let a config-file flag take a packaged recipe's name (``train/configs/<name>.py``,
+    ``NAME:ARG`` passing ARG to its ``get_config``) besides a path, and list the recipes in
+    its help. Applying it twice changes nothing."""
+    from train import configs
+
+    if getattr(flag.parser, "recipes_by_name", False):
+        return
+    parse = flag.parser.parse
+    flag.parser.parse = lambda value: parse(configs.resolve(value))
+    flag.parser.recipes_by_name = True
+    flag.help = (f"{flag.help.rstrip('.')}; or a recipe name: {', '.join(configs.recipes())} "
+                 "(NAME:ARG passes ARG to its get_config).")
+
+
 def _chain(e: BaseException) -> list[BaseException]:
     out: list[BaseException] = []
     while e is not None and e not in out:
@@ -52,16 +69,15 @@ def _chain(e: BaseException) -> list[BaseException]:
 
 
 def _ours(e: BaseException) -> bool:
-    """Whether ``e`` was raised by this project's code (its last frame is in the repository,
-    not in an installed library)."""
+    """Whether ``e`` was raised by this project's code: its last frame is in one of the
+    project's packages (checked out or installed), not in a library."""
     tb, last = e.__traceback__, None
     while tb is not None:
         last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
     if last is None:
         return False
     last = os.path.abspath(last)
-    return last.startswith(ROOT + os.sep) and os.sep + ".venv" + os.sep not in last[len(ROOT):] \
-        and "site-packages" not in last
+    return any(last.startswith(os.path.join(ROOT, package) + os.sep) for package in PACKAGES)
 
 
 def one_line(text: str, limit: int = 800) -> str:

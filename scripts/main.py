@@ -51,16 +51,6 @@ def usage(prog: str) -> str:
     return "\n".join(lines)
 
 
-def _recipes_by_name(flag) -> None:
-    """Let a config-file flag take a packaged recipe's name, and list the recipes in its help."""
-    from train import configs
-
-    parse = flag.parser.parse
-    flag.parser.parse = lambda value: parse(configs.resolve(value))
-    flag.help = (f"{flag.help.rstrip('.')}; or a recipe name: {', '.join(configs.recipes())} "
-                 "(NAME:ARG passes ARG to its get_config).")
-
-
 def _help(prog: str, module) -> str:
     from absl import flags
 
@@ -101,7 +91,9 @@ def run(argv: list[str] | None = None) -> int:
     from absl import app, flags
 
     if "config" in flags.FLAGS and hasattr(flags.FLAGS["config"].parser, "_lock_config"):
-        _recipes_by_name(flags.FLAGS["config"])
+        from scripts import cli
+
+        cli.recipes_by_name(flags.FLAGS["config"])
     options = rest[:rest.index("--")] if "--" in rest else rest
     if any(a in _HELP for a in options):
         print(_help(f"{prog} {name}", module))
@@ -118,10 +110,6 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run())
-
-
 def _first_sentence(doc: str) -> str:
     """The first sentence of a docstring's first paragraph, on one line."""
     para = " ".join(doc.strip().split("\n\n")[0].split())
@@ -130,3 +118,7 @@ def _first_sentence(doc: str) -> str:
 
 def _short(text: str, width: int = 76) -> str:
     return text if len(text) <= width else text[:width - 3].rstrip() + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -15,8 +15,9 @@ from scripts import cli
 from train import loop
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A train/configs/<recipe>.py file.",
+config_flags.DEFINE_config_file("config", None, "A recipe: train/configs/<recipe>.py, or a path.",
                                 lock_config=True)
+cli.recipes_by_name(FLAGS["config"])  # --config malaria, as well as a path
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_bool("overwrite", False, "Discard a run with another config in --workdir and "
                   "start again (once the new config's checks have passed).")

@@ -588,3 +588,33 @@ def test_2_overwrite_replaces_the_run_once_the_new_one_starts(folder_run, tmp_pa
     assert not [n for n in os.listdir(workdir) if n.startswith(".replaced-")]
     rows = [json.loads(r) for r in open(os.path.join(workdir, "history.jsonl"))]
     assert max(r["epoch"] for r in rows) == 1  # the new run's history only
+
+
+def test_our_errors_are_ours_where_the_packages_are_installed(monkeypatch):
+    """In a wheel the packages sit in site-packages: an error raised there is still the
+    project's (one line), one raised by another installed library is not."""
+    from scripts import cli
+
+    site = os.path.join(os.sep, "venv", "lib", "site-packages")
+    monkeypatch.setattr(cli, "ROOT", site)
+
+    def raised_in(path):
+        try:
+            exec(compile("raise ValueError('bad value: use another')", path, "exec"))
+        except ValueError as e:
+            return e
+
+    assert cli.explain(raised_in(os.path.join(site, "train", "data.py"))) == \
+        "bad value: use another"
+    assert cli.explain(raised_in(os.path.join(site, "numpy", "core.py"))) is None
+
+
+def test_scripts_train_takes_a_recipe_by_name():
+    from tests.cli import run_script
+
+    out = run_script("train", "--config", "nosuch", "--workdir", "unused", check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "recipes: bccd_yolo" in out.stderr and "synthetic" in out.stderr
+    bad = run_script("train", "--config", "synthetic", "--config.bogus=1", "--workdir",
+                     "unused", check=False)
+    assert "unknown --config key 'bogus'" in bad.stderr  # the recipe was found and loaded
