@@ -65,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_devices = 0  # 0 = all devices of all processes
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # synthetic | folder:<path> | tfds:<name>
+    # synthetic | malaria[:<zip or folder>] | folder:<path> | tfds:<name>
+    c.data.source = "synthetic"
     c.data.image_size = 64
     c.data.splits = (0.8, 0.1, 0.1)  # train / validation / test fractions
     c.data.group_regex = ""  # group split key from file names; first group of the match
