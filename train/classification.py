@@ -107,10 +107,13 @@ def setup(config, workdir: str, mesh) -> Task:
         split = "test" if len(splits["test"]) else "validation"
         loader = loaders.get(split) or make_loader(config, source, splits[split], train=False)
         probs, labels = E.predict_loader(eval_fn, state, loader, mesh)
+        groups = E.split_groups(config, source, splits[split])
         report = E.classification(probs, labels, names, config.positive_class,
                                   data=f"{config.data.source} ({split} split)",
-                                  checkpoint=checkpoint)
-        E.write_report(report, probs, labels, workdir, split)
+                                  checkpoint=checkpoint, groups=groups,
+                                  target_sensitivity=E.target_sensitivity(config))
+        E.write_report(report, probs, labels, workdir, split, source=source,
+                       indices=splits[split], groups=groups)
         log.info("%s", E.summary(report))
         return report
 

@@ -2,11 +2,16 @@
 
 ``evaluate(workdir, data)`` writes ``eval_<name>.json`` (data source, checkpoint,
 accuracy, per-class precision/recall, sensitivity/specificity of the positive class,
-ROC AUC, confusion matrix) and its confusion-matrix and ROC PNGs next to it.
+ROC AUC, confusion matrix; balanced accuracy, PR AUC, the operating point of the model's
+decision and the threshold reaching ``config.target_sensitivity``, 95% Wilson intervals,
+per-group accuracy when the split is grouped), ``predictions_<name>.csv`` (one row per
+image: file, group, true class, class probabilities, predicted class, correct) and its
+confusion-matrix and ROC PNGs next to it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -24,6 +29,7 @@ from train import checkpoint as C
 from train import data as D
 from train import device, metrics, plots
 from train import model as M
+from train import splits as S
 from train import step as T
 from train import workdir as W
 from train.errors import ImageError, WorkdirError
@@ -39,31 +45,86 @@ def predict_loader(eval_fn, state: T.TrainState, loader: Loader, mesh) -> tuple[
     return probs, kept["label"]
 
 
+TARGET_SENSITIVITY = 0.95  # config.target_sensitivity when a run's config predates it
+
+
 def classification(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                   positive_class: str | int | None = None, **info: Any) -> dict[str, Any]:
-    """:func:`metrics.classification_report` plus the mean cross-entropy and ``info``."""
+                   positive_class: str | int | None = None, *,
+                   target_sensitivity: float | None = None,
+                   groups: Sequence[str] | None = None, **info: Any) -> dict[str, Any]:
+    """:func:`metrics.classification_report` plus the mean cross-entropy and ``info``;
+    with ``target_sensitivity`` also :func:`metrics.decision_report`, and with ``groups``
+    (one per example: patient, slide) ``per_group`` accuracy."""
     report = metrics.classification_report(probs, labels, class_names, positive_class)
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return {**info, "loss": float(-np.mean(np.log(p))) if len(p) else float("nan"), **report}
+    out = {**info, "loss": float(-np.mean(np.log(p))) if len(p) else float("nan"), **report}
+    if target_sensitivity is not None and len(labels):
+        pos = metrics.resolve_class(positive_class, class_names)
+        out.update(metrics.decision_report(probs, labels, pos, target_sensitivity))
+    if groups is not None:
+        per = metrics.per_group_accuracy(np.asarray(probs).argmax(-1) == labels, groups)
+        accs = [g["accuracy"] for g in per.values()]
+        out["groups"] = {"count": len(per), "mean_accuracy": float(np.mean(accs)) if accs
+                         else float("nan"), "worst_accuracy": min(accs, default=float("nan"))}
+        out["per_group"] = per
+    return out
+
+
+def split_groups(config, source: D.Source, indices: np.ndarray) -> list[str] | None:
+    """The group (patient, slide) of each example of ``indices`` by ``data.group_regex``;
+    None when the run's split is not grouped or the file names do not carry groups."""
+    regex = config.data.get("group_regex", "")
+    if not regex or source.keys is None:
+        return None
+    try:
+        return S.group_keys([source.keys[i] for i in indices], regex)
+    except ValueError as e:  # other data, named otherwise: no groups rather than no report
+        log.warning("no per-group accuracy: %s", e)
+        return None
+
+
+def target_sensitivity(config) -> float:
+    """The run's ``target_sensitivity`` (runs made before it existed: 0.95)."""
+    return float(config.get("target_sensitivity", TARGET_SENSITIVITY))
 
 
 def summary(report: dict[str, Any]) -> str:
     """One line: accuracy, sensitivity/specificity of the positive class, ROC AUC."""
-    return (f"{report.get('data', '')}: accuracy {report['accuracy']:.4f} on "
+    line = (f"{report.get('data', '')}: accuracy {report['accuracy']:.4f} on "
             f"{report['num_examples']} images; {report['positive_class']}: sensitivity "
             f"{report['sensitivity']:.4f}, specificity {report['specificity']:.4f}, "
             f"ROC AUC {report['roc_auc']:.4f}")
+    t = report.get("at_target_sensitivity")
+    if t and t.get("threshold") is not None:
+        line += (f"; at sensitivity {t['sensitivity']:.4f} (target {t['target']:g}, "
+                 f"threshold {t['threshold']:.4f}) specificity {t['specificity']:.4f}")
+    return line
 
 
 def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: str,
-                 name: str) -> str:
-    """Write ``eval_<name>.json``, ``confusion_<name>.png``, ``roc_<name>.png``; the JSON path.
+                 name: str, *, source: D.Source | None = None,
+                 indices: np.ndarray | None = None,
+                 groups: Sequence[str] | None = None) -> str:
+    """Write ``eval_<name>.json``, ``predictions_<name>.csv``, ``confusion_<name>.png``,
+    ``roc_<name>.png``; the JSON path. ``report['predictions']`` names the CSV.
 
-    A previous ``eval_<name>.json`` with other contents is kept (``eval_<name>.<n>.json``).
+    ``source`` and ``indices`` (the examples ``probs`` are of, in order) give the CSV its
+    file names (else the row number). A previous ``eval_<name>.json`` or
+    ``predictions_<name>.csv`` with other contents is kept (``eval_<name>.<n>.json``).
     """
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "eval"
     path = os.path.join(workdir, f"eval_{name}.json")
+    keys = None
+    if source is not None and indices is not None:
+        if not np.array_equal(np.asarray(source.labels)[indices], labels):
+            raise RuntimeError("write_report: the labels of source[indices] are not the "
+                               "labels predicted (indices out of order)")
+        keys = [source.keys[i] if source.keys is not None else str(i) for i in indices]
+    csv_path = os.path.join(workdir, f"predictions_{name}.csv")
+    report["predictions"] = csv_path
     if jax.process_index() == 0:
+        _write_text_result(csv_path, prediction_rows(probs, labels, report["class_names"],
+                                                     keys, groups))
         W.write_result(path, _json_safe(report))
         plots.plot_confusion(np.asarray(report["confusion_matrix"]), report["class_names"],
                              os.path.join(workdir, f"confusion_{name}.png"),
@@ -72,6 +133,51 @@ def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: s
         plots.plot_roc(probs[:, pos], labels == pos, os.path.join(workdir, f"roc_{name}.png"),
                        report["positive_class"])
     return path
+
+
+def prediction_rows(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                    keys: Sequence[str] | None = None,
+                    groups: Sequence[str] | None = None) -> str:
+    """The per-image CSV text: ``file`` (or ``index``), ``group`` when known, ``true``,
+    ``p_<class>`` for every class, ``predicted``, ``correct`` (0/1)."""
+    import io
+
+    names = list(class_names)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file" if keys is not None else "index", *(["group"] if groups else []),
+                "true", *[f"p_{n}" for n in names], "predicted", "correct"])
+    preds = np.asarray(probs).argmax(-1) if len(probs) else np.zeros(0, np.int64)
+    for i, (p, y, q) in enumerate(zip(probs, labels, preds, strict=True)):
+        w.writerow([keys[i] if keys is not None else i, *([groups[i]] if groups else []),
+                    names[int(y)], *[f"{v:.6f}" for v in p], names[int(q)], int(q == y)])
+    return buf.getvalue()
+
+
+def _write_text_result(path: str, text: str) -> None:
+    """Write a text result; a previous file with other contents is kept as
+    ``<stem>.<n><ext>`` (as :func:`train.workdir.write_result` does for JSON)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            same = f.read() == text
+        if not same:
+            stem, ext = os.path.splitext(path)
+            n = 1
+            while os.path.exists(f"{stem}.{n}{ext}"):
+                n += 1
+            os.replace(path, f"{stem}.{n}{ext}")
+            log.warning("%s: the previous result differs and is kept as %s.%d%s", path, stem,
+                        n, ext)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_predictions(path: str) -> list[dict[str, str]]:
+    """The rows of a ``predictions_<name>.csv``."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _json_safe(x: Any) -> Any:
@@ -196,10 +302,13 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
     probs, y = predict_loader(run["eval_fn"], run["state"], _loader(run, source, indices),
                               run["mesh"])
     pos = positive_class if positive_class is not None else c.positive_class
+    groups = split_groups(c, source, indices)
     report = classification(probs, y, class_names, pos, data=f"{data} ({split} split{how})"
-                            if split != "all" else data, checkpoint=run["checkpoint"])
+                            if split != "all" else data, checkpoint=run["checkpoint"],
+                            target_sensitivity=target_sensitivity(c), groups=groups)
     name = split if data == c.data.source else f"{data.partition(':')[2] or data}_{split}"
-    report["json"] = write_report(report, probs, y, workdir, name)
+    report["json"] = write_report(report, probs, y, workdir, name, source=source,
+                                  indices=indices, groups=groups)
     return report
 
 

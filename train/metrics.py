@@ -85,3 +85,116 @@ def resolve_class(positive_class: str | int | None, class_names: Sequence[str]) 
     if str(positive_class).lower() not in lower:
         raise ValueError(f"positive class {positive_class!r} is not one of {list(class_names)}")
     return lower.index(str(positive_class).lower())
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default); (NaN, NaN) when ``n`` is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0 or n
+    successes, which a small test set of a good model often has.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return float(lo), float(hi)
+
+
+def pr_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) over all thresholds, highest threshold first, from recall 0
+    (precision 1 by convention) to recall 1."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    s, y = np.asarray(scores, np.float64)[order], np.asarray(positive, bool)[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(y)[distinct].astype(np.float64)
+    predicted = (distinct + 1).astype(np.float64)
+    return np.r_[0.0, tp / max(y.sum(), 1)], np.r_[1.0, tp / predicted]
+
+
+def pr_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Average precision: sum over thresholds of (recall step) x precision, the
+    step-wise area under the precision-recall curve (no interpolation); NaN without
+    positives."""
+    positive = np.asarray(positive, bool)
+    if not positive.any():
+        return float("nan")
+    recall, precision = pr_curve(scores, positive)
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def operating_point(scores: np.ndarray, positive: np.ndarray, predicted: np.ndarray,
+                    threshold: float | None) -> dict:
+    """Sensitivity, specificity, precision of a decision ``predicted`` (bool per example),
+    with the counts and the ``threshold`` on the positive class's probability behind it."""
+    positive, predicted = np.asarray(positive, bool), np.asarray(predicted, bool)
+    tp, fn = int(np.sum(positive & predicted)), int(np.sum(positive & ~predicted))
+    fp, tn = int(np.sum(~positive & predicted)), int(np.sum(~positive & ~predicted))
+    return {"threshold": threshold, "sensitivity": _ratio(tp, tp + fn),
+            "specificity": _ratio(tn, tn + fp), "precision": _ratio(tp, tp + fp),
+            "tp": tp, "fn": fn, "fp": fp, "tn": tn}
+
+
+def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray, target: float) -> dict:
+    """The highest threshold on ``scores`` whose sensitivity (``score >= threshold`` called
+    positive) reaches ``target``, with the specificity it costs; its ``target`` echoed."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    if not 0 < target <= 1:
+        raise ValueError(f"target sensitivity {target} must be in (0, 1]")
+    pos = np.sort(scores[positive])[::-1]
+    if not len(pos):
+        return {"target": target, **operating_point(scores, positive, scores > np.inf, None)}
+    k = int(np.ceil(target * len(pos) - 1e-9))  # positives that must score >= threshold
+    t = float(pos[max(k, 1) - 1])
+    return {"target": target, **operating_point(scores, positive, scores >= t, t)}
+
+
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean recall over the classes present (robust to class imbalance)."""
+    cm = np.asarray(cm)
+    support = cm.sum(1)
+    recalls = np.diag(cm)[support > 0] / support[support > 0]
+    return float(recalls.mean()) if len(recalls) else float("nan")
+
+
+def per_group_accuracy(correct: np.ndarray, groups: Sequence[str]) -> dict[str, dict]:
+    """``{group: {'n', 'correct', 'accuracy'}}`` (e.g. per patient or slide), sorted by name."""
+    out: dict[str, dict] = {}
+    for g, ok in zip(groups, np.asarray(correct, bool), strict=True):
+        d = out.setdefault(str(g), {"n": 0, "correct": 0})
+        d["n"] += 1
+        d["correct"] += int(ok)
+    return {g: {**d, "accuracy": d["correct"] / d["n"]} for g, d in sorted(out.items())}
+
+
+def decision_report(probs: np.ndarray, labels: np.ndarray, pos: int,
+                    target_sensitivity: float = 0.95) -> dict:
+    """What a clinician asks beyond accuracy, for the class ``pos`` (one-vs-rest):
+
+    ``operating_point`` of the model's own decision (argmax; for two classes that is a
+    0.5 threshold on the positive probability), ``at_target_sensitivity`` (the threshold
+    that reaches ``target_sensitivity`` and its specificity), ``pr_auc`` (average
+    precision), ``balanced_accuracy`` and 95% Wilson ``intervals`` for accuracy,
+    sensitivity and specificity.
+    """
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels, np.int64)
+    preds = probs.argmax(-1)
+    positive, scores = labels == pos, probs[:, pos]
+    op = operating_point(scores, positive, preds == pos,
+                         0.5 if probs.shape[-1] == 2 else None)
+    cm = confusion_matrix(labels, preds, probs.shape[-1])
+    n, right = len(labels), int(np.sum(preds == labels))
+    return {
+        "balanced_accuracy": balanced_accuracy(cm),
+        "pr_auc": pr_auc(scores, positive),
+        "operating_point": op,
+        "at_target_sensitivity": threshold_for_sensitivity(scores, positive, target_sensitivity),
+        "intervals": {
+            "method": "wilson 95%",
+            "accuracy": list(wilson_interval(right, n)),
+            "sensitivity": list(wilson_interval(op["tp"], op["tp"] + op["fn"])),
+            "specificity": list(wilson_interval(op["tn"], op["tn"] + op["fp"])),
+        },
+    }

@@ -130,6 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
 
     c.positive_class = ""  # sensitivity/specificity/ROC for this class ('' = class 0)
+    c.target_sensitivity = 0.95  # evaluation: the threshold reaching it, and its specificity
     c.best_metric = "accuracy"  # validation metric that picks the best checkpoint
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 2
