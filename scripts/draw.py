@@ -4,7 +4,9 @@
     python -m scripts.draw --all --out gallery/        # every model, depth 1 and full, index.md
 
 Without the Graphviz ``dot`` binary the DOT files are still written and the command
-exits with status 2 and says how to install it.
+exits with status 2 and says how to install it. A model that fails while tracing (a shape
+error, e.g. with ``--input_shape``) is drawn up to the failing module, marked with the
+error, and the command exits with status 2 and the error in one line.
 """
 
 import sys
@@ -29,6 +31,8 @@ flags.DEFINE_bool("fold", False, "Draw repeated identical blocks once, xN.")
 flags.DEFINE_bool("no-edge-labels", False, "Leave tensor shapes off edges.")
 flags.DEFINE_bool("flops", False, "Show FLOPs of each node.")
 flags.DEFINE_bool("summary", False, "Also print the text summary.")
+flags.DEFINE_list("input_shape", None, "With --model: the input H,W,C (or N,H,W,C) to trace "
+                  "with instead of the registered size.")
 flags.DEFINE_string("out", None, "Output file (--model) or directory (--all).")
 flags.mark_flag_as_required("out")
 flags.register_multi_flags_validator(["model", "all"], lambda f: (f["model"] is None) == f["all"],
@@ -50,12 +54,26 @@ def main(argv):
         else:
             if FLAGS.summary:
                 print(viz.summary(FLAGS.model, depth=FLAGS.depth, freeze=FLAGS.freeze))
-            viz.draw(FLAGS.model, depth=FLAGS.depth, out=FLAGS.out, format=FLAGS.format, **kw)
+            viz.draw(FLAGS.model, depth=FLAGS.depth, out=FLAGS.out, format=FLAGS.format,
+                     input_shape=_input_shape(FLAGS.input_shape), **kw)
             print(f"wrote {FLAGS.out}")
     except viz.GraphvizNotFound as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _input_shape(dims):
+    if dims is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in dims)
+    except ValueError:
+        raise ValueError(f"--input_shape takes integers H,W,C or N,H,W,C, got "
+                         f"{','.join(dims)}") from None
+    if len(shape) not in (3, 4) or min(shape) < 1:
+        raise ValueError(f"--input_shape takes H,W,C or N,H,W,C (positive), got {shape}")
+    return shape if len(shape) == 4 else (1, *shape)
 
 
 def run(argv=None):

@@ -276,3 +276,60 @@ def test_fold_respects_policy_and_flops_caption():
     assert sum(n.flops for n in g.nodes.values()) == zoo.summary.flops("resnet50")
     with pytest.raises(ValueError, match="rankdir"):
         viz.to_dot(g, rankdir="XY")
+
+
+class MismatchBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        y = nn.Conv(4, (1, 1), name="conv")(x)
+        return x + y  # 8 channels + 4 channels: a shape error
+
+
+class Mismatch(nn.Module):
+    """A stem, then a block that fails with a shape error, then a head never reached."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), name="stem")(x))
+        x = MismatchBlock(name="block")(x)
+        return nn.Dense(2, name="head")(x)
+
+
+def test_partial_drawing_on_a_shape_error(tmp_path):
+    with pytest.raises(viz.TraceError) as info:
+        viz.draw(Mismatch(), input_shape=TINY_SHAPE, out=tmp_path / "bad.dot", format="dot")
+    message = str(info.value)
+    assert "failed while tracing, in block (MismatchBlock)" in message
+    assert "incompatible shapes" in message and "bad.dot" in message
+    assert "\n" not in message
+    g = info.value.graph
+    assert g.error[0] == "block" and "incompatible shapes" in g.error[2]
+    # everything up to the failing module, the error inside it; nothing after it
+    assert list(g.nodes) == ["input", "stem", "relu", "block/conv", "block/error"]
+    assert g.nodes["block/error"].kind == "error"
+    assert ("relu", "block/error") in {(e.src, e.dst) for e in g.edges}
+    assert g.variables["params"] == {"stem/kernel": 216, "stem/bias": 8,
+                                     "block/conv/kernel": 32, "block/conv/bias": 4}
+    text = (tmp_path / "bad.dot").read_text()
+    assert '"block/error" [label="failed in block : MismatchBlock' in text
+    assert 'shape="octagon"' in text and "PARTIAL: tracing failed in block" in text
+    assert '"head"' not in text
+    # the collapsed view keeps the error as a node of its own
+    top = viz.collapse(g, 1)
+    assert list(top.nodes) == ["input", "stem", "relu", "block", "error"]
+    assert top.nodes["error"].kind == "error"
+
+
+def test_cli_partial_drawing_exits_with_one_line(tmp_path):
+    proc = run_script("draw", "--model", "resnet50", "--input_shape", "64,64,1",
+                      "--format", "dot", "--out", tmp_path / "r.dot", check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "resnet50 failed while tracing" in lines[0] and "3-channel input" in lines[0]
+    assert "r.dot" in lines[0]
+    text = (tmp_path / "r.dot").read_text()
+    assert 'shape="octagon"' in text and '"input" ->' in text
+    bad = run_script("draw", "--model", "resnet50", "--input_shape", "64,x,3",
+                     "--out", tmp_path / "s.dot", check=False)
+    assert bad.returncode == 2 and "--input_shape takes integers" in bad.stderr

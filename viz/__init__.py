@@ -12,9 +12,9 @@ from viz.draw import draw, gallery, view
 from viz.graph import Edge, Graph, Node, collapse, fold
 from viz.policy import trainable_fn
 from viz.summary import summarize, summary
-from viz.trace import trace
+from viz.trace import TraceError, trace
 
 __all__ = [
-    "Edge", "Graph", "GraphvizNotFound", "Node", "collapse", "dot", "draw", "fold", "gallery",
+    "Edge", "Graph", "GraphvizNotFound", "Node", "TraceError", "collapse", "dot", "draw", "fold", "gallery",
     "render", "summarize", "summary", "to_dot", "trace", "trainable_fn", "view",
 ]

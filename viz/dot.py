@@ -87,9 +87,23 @@ def node_label(n: Node, *, flops: bool = False) -> str:
     return "\n".join(x for x in lines if x)
 
 
-def _attrs(n: Node, fill: str, fan_in: int, flops: bool) -> str:
+def error_label(graph: Graph, width: int = 60) -> str:
+    """The lines of an error node: where the trace failed and the error, wrapped."""
+    import textwrap
+
+    where, type_, message = graph.error or ("", "", "")
+    lines = [f"failed in {where or graph.name} : {type_}"]
+    lines += textwrap.wrap(" ".join(message.split()), width)[:6]
+    return "\n".join(lines)
+
+
+def _attrs(n: Node, fill: str, fan_in: int, flops: bool, graph: Graph | None = None) -> str:
     a = {"label": node_label(n, flops=flops)}
-    if n.kind == "op":
+    if n.kind == "error":
+        a.update(label=error_label(graph) if graph is not None else f"failed : {n.type}",
+                 shape="octagon", style="filled,bold", fillcolor="#ffcdd2", color="#c62828",
+                 fontcolor="#b71c1c")
+    elif n.kind == "op":
         a.update(shape="ellipse", style="filled", fillcolor="#fff3c4" if fan_in > 1 else "#eeeeee",
                  fontsize="9")
     elif n.kind in ("input", "output"):
@@ -136,7 +150,7 @@ def to_dot(
         for kind, item in tree[scope]:
             if kind == "node":
                 n = graph.nodes[item]
-                attrs = _attrs(n, COLORS[st[item]], fan_in[item], flops)
+                attrs = _attrs(n, COLORS[st[item]], fan_in[item], flops, graph)
                 lines.append(f"{indent}{_q(item)} [{attrs}];")
                 continue
             m = graph.modules.get(item)
@@ -168,6 +182,8 @@ def _caption(graph: Graph, trainable: Callable[[str], bool] | None, flops: bool)
     if trainable is not None:
         tr = sum(s for p, s in params.items() if trainable(p))
         text += f"\ntrainable (green) {human(tr)} · frozen (grey) {human(total - tr)}"
+    if graph.error is not None:
+        text += f"\nPARTIAL: tracing failed in {graph.error[0] or graph.name} ({graph.error[1]})"
     return text
 
 

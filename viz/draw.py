@@ -13,7 +13,7 @@ from flax import linen as nn
 from viz.dot import INSTALL, GraphvizNotFound, human, render, to_dot
 from viz.graph import Graph, collapse, fold
 from viz.policy import Policy, trainable_fn
-from viz.trace import trace
+from viz.trace import TraceError, trace
 
 
 def view(
@@ -55,16 +55,31 @@ def draw(
     (``frozen``, ``finetune:N``, ``full``; needs a registered name or ``spec``), a list of
     group names, a regex over parameter paths or a callable. ``fold_repeats`` draws runs
     of identical chained blocks once, labelled ``xN``.
+
+    A model that fails while tracing (a shape error) is drawn up to the failing module,
+    marked with the error, and :class:`~viz.trace.TraceError` is raised after writing
+    ``out`` (its ``graph`` and ``source`` hold the partial drawing).
     """
     if spec is None and isinstance(model, str):
         spec = model
     trainable = None if freeze is None else trainable_fn(freeze, spec)
-    graph = view(model, depth=depth, fold_repeats=fold_repeats, trainable=trainable,
-                 input_shape=input_shape, **create_kwargs)
+    failed = None
+    try:
+        graph = view(model, depth=depth, fold_repeats=fold_repeats, trainable=trainable,
+                     input_shape=input_shape, **create_kwargs)
+    except TraceError as e:  # draw what was traced, marked, then say so
+        failed = e
+        graph = view(e.graph, depth=depth, fold_repeats=fold_repeats, trainable=trainable)
     text = to_dot(graph, rankdir=rankdir, trainable=trainable, edge_labels=edge_labels,
                   flops=flops)
+    written = None
     if out is not None:
-        render(text, out, format)
+        written = render(text, out, format)
+    if failed is not None:
+        where = f"; the layers up to it are drawn in {written}" if written else ""
+        err = TraceError(f"{failed}{where}", failed.graph)
+        err.source = graphviz.Source(text)
+        raise err from failed
     return graphviz.Source(text)
 
 

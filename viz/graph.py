@@ -26,7 +26,7 @@ class Node:
     """One box or oval of the drawing."""
 
     path: Path
-    kind: str  # 'input' | 'module' | 'op' | 'output'
+    kind: str  # 'input' | 'module' | 'op' | 'output' | 'error' (where a trace failed)
     type: str  # module class name ('Conv') or operation ('add', 'concatenate')
     shapes: tuple[Shape, ...] = ()  # output shapes (batch axis included)
     params: int = 0  # size of the 'params' collection under this node
@@ -84,6 +84,9 @@ class Graph:
     modules: dict[Path, Module]  # every module called, root () included
     variables: dict[str, dict[str, int]]  # collection -> 'a/b/kernel' -> size
     depth: int | None = None  # None: full depth
+    # (module path, module type, message) when the model failed while tracing: the graph
+    # then ends at an 'error' node inside that module, fed by the call's inputs
+    error: tuple[str, str, str] | None = None
 
     def successors(self) -> dict[str, list[str]]:
         """Node id -> ids of the nodes it feeds (in edge order, without duplicates)."""
@@ -154,6 +157,11 @@ def collapse(graph: Graph, depth: int | None) -> Graph:
             where[n.id] = n.id
             continue
         top = n.path[:depth]
+        if n.kind == "error":  # stays a node of its own, beside the module it failed in
+            path = top[:-1] + ("error",)
+            nodes["/".join(path)] = dataclasses.replace(n, path=path)
+            where[n.id] = "/".join(path)
+            continue
         tid = "/".join(top)
         where[n.id] = tid
         if tid in nodes:
@@ -169,7 +177,8 @@ def collapse(graph: Graph, depth: int | None) -> Graph:
         if src != dst and (src, dst, e.var) not in seen:
             seen.add((src, dst, e.var))
             edges.append(Edge(src, dst, e.shape, e.var))
-    return Graph(graph.name, nodes, edges, graph.modules, graph.variables, depth)
+    return Graph(graph.name, nodes, edges, graph.modules, graph.variables, depth,
+                 graph.error)
 
 
 def fold(graph: Graph, trainable: Callable[[str], bool] | None = None) -> Graph:
@@ -202,7 +211,7 @@ def fold(graph: Graph, trainable: Callable[[str], bool] | None = None) -> Graph:
             if j > i and sig[0][1]:
                 edges = _fold_run(kids[i : j + 1], nodes, edges, modules)
             i = j + 1
-    return Graph(graph.name, nodes, edges, modules, graph.variables, graph.depth)
+    return Graph(graph.name, nodes, edges, modules, graph.variables, graph.depth, graph.error)
 
 
 def _members(mod: Path, nodes: dict[str, Node]) -> list[str]:

@@ -12,8 +12,10 @@ reads and constants never appear as edges.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -49,6 +51,57 @@ FRIENDLY = {"reduce_window_max": "max_pool", "reduce_window_sum": "sum_pool",
 PATTERNS = [({"sum", "div"}, "mean"), ({"sum_pool", "div"}, "avg_pool"),
             ({"erf"}, "gelu"), ({"erfc"}, "gelu"), ({"tanh", "integer_pow"}, "gelu"),
             ({"sigmoid", "mul"}, "silu")]
+# Layer functions whose primitives draw as one node named as the reference names the layer
+# (a 2x2 average pool, not the strided adds the backend may compute it with): the trace
+# runs each call under a jax.named_scope of that name.
+LAYER_FUNCTIONS = {
+    "zoo.layers": {"max_pool": "max_pool", "avg_pool": "avg_pool",
+                   "adaptive_avg_pool": "adaptive_avg_pool", "global_pool": None},
+    "flax.linen": {"max_pool": "max_pool", "avg_pool": "avg_pool", "pool": "pool"},
+}
+SCOPE_SEP = "~"  # 'avg_pool~3': the third layer call; the suffix keeps neighbours apart
+
+
+class TraceError(ValueError):
+    """A model failed while tracing (a shape error): ``graph`` is the dataflow up to the
+    failing module, which ``graph.error`` names, with the error's message."""
+
+    def __init__(self, message: str, graph: Graph):
+        super().__init__(message)
+        self.graph = graph
+
+
+@contextlib.contextmanager
+def layer_scopes() -> Iterator[None]:
+    """Run the layer functions of :data:`LAYER_FUNCTIONS` under named scopes while tracing."""
+    import importlib
+
+    count = iter(range(1, 1 << 30))
+    saved = []
+
+    def scoped(fn, name):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            label = name
+            if label is None:  # global_pool(x, kind)
+                kind = kwargs.get("kind", args[1] if len(args) > 1 else "avg")
+                label = f"global_{kind}_pool"
+            with jax.named_scope(f"{label}{SCOPE_SEP}{next(count)}"):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    try:
+        for mod_name, fns in LAYER_FUNCTIONS.items():
+            mod = importlib.import_module(mod_name)
+            for attr, name in fns.items():
+                fn = getattr(mod, attr, None)
+                if fn is not None:
+                    saved.append((mod, attr, fn))
+                    setattr(mod, attr, scoped(fn, name))
+        yield
+    finally:
+        for mod, attr, fn in reversed(saved):
+            setattr(mod, attr, fn)
 
 
 def trace(
@@ -69,12 +122,27 @@ def trace(
     kwargs = {"train": False} if "train" in inspect.signature(module.__call__).parameters else {}
     x = jax.ShapeDtypeStruct(tuple(input_shape), input_dtype)
     calls: dict[Path, Module] = {}
+    fail: dict[str, Any] = {}  # the innermost module call that raised: path, inputs, error
+    done_vars: dict[str, dict[str, int]] = {}  # variables of the calls that returned
 
     def record(f, args, fkwargs, ctx):
-        out = f(*args, **fkwargs)
+        path = tuple(ctx.module.path)
+        try:
+            out = f(*args, **fkwargs)
+        except Exception as e:
+            if ctx.method_name != "setup" and not ctx.method_name.startswith("<"):
+                if not fail:
+                    fail.update(path=path, type=type(ctx.module).__name__, error=e, inputs=[
+                        a for a in jax.tree.leaves((args, fkwargs))
+                        if isinstance(a, jax.core.Tracer)])
+                calls.setdefault(path, Module(path, type(ctx.module).__name__, (), 0, 0, False))
+            raise
         if ctx.method_name == "setup":
             return out
-        path = tuple(ctx.module.path)
+        with contextlib.suppress(Exception):
+            for col, tree in ctx.module.variables.items():
+                for k, v in traverse_util.flatten_dict(dict(tree)).items():
+                    done_vars.setdefault(col, {})["/".join(path + k)] = int(np.prod(v.shape))
         if path not in calls and not ctx.method_name.startswith("<"):
             calls[path] = Module(path, type(ctx.module).__name__, _shapes(out), 0, 0, True)
         # An identity module (Dropout at inference) leaves no equation: give it one.
@@ -87,19 +155,29 @@ def trace(
 
     # One trace of init gives both the variables' shapes and the dataflow (tracing apply
     # would also re-trace every initializer to check shapes: twice the time).
-    init = lambda x: module.init_with_output(jax.random.key(0), x, **kwargs)
+    def init(x):
+        try:
+            return module.init_with_output(jax.random.key(0), x, **kwargs)
+        except Exception:
+            if not fail:
+                raise
+            # The dataflow so far is in the trace: end it at the failing call's inputs.
+            return fail["inputs"], {}
+
     # XLA's formulation of every convolution, whatever the backend: one primitive per
     # layer and the model's own FLOPs (on CPU, Winograd's products do 2.25x fewer
     # multiplies and shifted depthwise products none)
-    with nn.intercept_methods(record), backend.use_impl("xla"):
+    with nn.intercept_methods(record), backend.use_impl("xla"), layer_scopes():
         closed, (out, variables) = jax.make_jaxpr(init, return_shape=True)(x)
     for path, m in calls.items():
         m.leaf = not any(len(p) > len(path) and p[: len(path)] == path for p in calls)
+    if fail:
+        calls[fail["path"]].leaf = False
     sizes = {
         col: {"/".join(k): int(np.prod(v.shape)) for k, v in
               traverse_util.flatten_dict(tree).items()}
         for col, tree in variables.items()
-    }
+    } if not fail else done_vars
     totals: dict[tuple[str, Path], int] = {}
     for col, leaves in sizes.items():
         kind = "params" if col == "params" else "state"
@@ -110,7 +188,14 @@ def trace(
     for path, m in calls.items():
         m.params, m.state = totals.get(("params", path), 0), totals.get(("state", path), 0)
     builder = _Builder(calls)
-    return builder.build(name, closed.jaxpr, len(jax.tree.leaves(out)), sizes)
+    if not fail:
+        return builder.build(name, closed.jaxpr, len(jax.tree.leaves(out)), sizes)
+    where = "/".join(fail["path"]) or name
+    message = f"{type(fail['error']).__name__}: {fail['error']}"
+    graph = builder.build(name, closed.jaxpr, len(fail["inputs"]), sizes,
+                          error=(fail["path"], fail["type"], message))
+    raise TraceError(f"{name} failed while tracing, in {where} ({fail['type']}): "
+                     f"{' '.join(message.split())}", graph)
 
 
 def _resolve(model, input_shape, create_kwargs):
@@ -146,13 +231,27 @@ class _Builder:
         self.seen: set[Edge] = set()
         self.nvars = 0
 
-    def build(self, name: str, jaxpr, n_out: int, sizes) -> Graph:
-        """Walk ``jaxpr`` (input x; outputs: n_out model outputs, then variables)."""
+    def build(self, name: str, jaxpr, n_out: int, sizes, error=None) -> Graph:
+        """Walk ``jaxpr`` (input x; outputs: n_out model outputs, then variables).
+
+        ``error``: (path, type, message) of the module call that failed; the outputs are
+        then its inputs, and they feed one ``error`` node inside that module."""
         (x,) = jaxpr.invars
         self.nodes["input"] = Node(("input",), "input", "Input", (tuple(x.aval.shape),))
         env = {x: self._act("input", x)}
         self._walk(jaxpr, env, ())
         outs = [self._read(env, v) for v in jaxpr.outvars[:n_out]]
+        if error is not None:
+            path, type_, message = error
+            eid = "/".join(path + ("error",))
+            self.nodes[eid] = Node(path + ("error",), "error", type_,
+                                   tuple(tuple(v.aval.shape) for v in jaxpr.outvars[:n_out]))
+            for act in outs:
+                if act is not None:
+                    self._edge(act, eid)
+            self._finish_ops()
+            return Graph(name, self.nodes, self.edges, self.modules, sizes,
+                         error=("/".join(path), type_, message))
         for k, (v, act) in enumerate(zip(jaxpr.outvars[:n_out], outs, strict=True)):
             oid = "output" if len(outs) == 1 else f"output_{k}"
             self.nodes[oid] = Node((oid,), "output", "Output", (tuple(v.aval.shape),))
@@ -242,7 +341,8 @@ class _Builder:
         return nid
 
     def _op_node(self, eqn, scope: Path, acts, tag: str | None) -> str:
-        label = _label(eqn) if tag is None else ("einsum" if "->" in tag else tag)
+        label = _label(eqn) if tag is None else (
+            "einsum" if "->" in tag else tag.split(SCOPE_SEP)[0])
         srcs = list(dict.fromkeys(a[0] for a in acts))
         if tag is not None or eqn.primitive.name in ELEMENTWISE:
             # Fuse into an operation node of this scope (and named scope) when the
