@@ -89,3 +89,86 @@ def test_evaluate_again_writes_the_same_predictions_and_keeps_other_ones(trained
         E.evaluate(workdir, split="validation")
     assert open(path).read() == first
     assert open(os.path.join(workdir, "predictions_validation.1.csv")).read().endswith("edited\n")
+
+
+def test_run_draws_every_plot_and_logs_the_learning_rate(trained):
+    workdir, _ = trained
+    for kind in ("curves.png", "confusion_test.png", "roc_test.png", "pr_test.png",
+                 "reliability_test.png"):
+        assert os.path.getsize(os.path.join(workdir, kind)) > 1000, kind
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "history.jsonl"))]
+    steps = [r for r in rows if r["split"] == "train_step"]
+    total = max(r["step"] for r in rows if r["split"] == "train")
+    config = tiny_config()
+    from train import freeze as F
+
+    lr = F.schedule(config, total)
+    assert steps and all(r["learning_rate"] == pytest.approx(float(lr(r["step"] - 1)))
+                         for r in steps)
+    assert len({r["learning_rate"] for r in steps}) > 1  # warm-up and decay are visible
+    from train import plots
+
+    fig = plots.plot_history(rows)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss", "accuracy", "validation", "learning rate (head)"]
+    labels = fig.axes[2].get_legend_handles_labels()[1]
+    assert labels == ["sensitivity", "specificity", "roc_auc"]
+
+
+def test_evaluation_figures_are_objects_with_the_operating_points(trained):
+    workdir, _ = trained
+    saved = json.load(open(os.path.join(workdir, "eval_test.json")))
+    rows = _rows(os.path.join(workdir, "predictions_test.csv"))
+    names = saved["class_names"]
+    probs = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows])
+    labels = np.array([names.index(r["true"]) for r in rows])
+    from train import data as D
+
+    source = D.synthetic_source(96, seed=tiny_config().seed)
+    splits = json.load(open(os.path.join(workdir, "splits.json")))
+    figs = E.write_plots(saved, probs, labels, str(workdir), "again", source=source,
+                         indices=np.asarray(splits["test"]))
+    from matplotlib.figure import Figure
+
+    assert all(isinstance(f, Figure) for f in figs.values())
+    # Confusion: row-normalised fractions with the counts.
+    cm = np.array(saved["confusion_matrix"])
+    texts = [t.get_text() for t in figs["confusion"].axes[0].texts]
+    assert texts[0] == f"{cm[0, 0] / cm[0].sum():.2f}\n({cm[0, 0]})"
+    # ROC: the model's operating point sits at (1 - specificity, sensitivity).
+    lines = figs["roc"].axes[0].get_lines()
+    point = [ln for ln in lines if ln.get_label() == "model's decision"][0]
+    op = saved["operating_point"]
+    assert point.get_xdata()[0] == pytest.approx(1 - op["specificity"])
+    assert point.get_ydata()[0] == pytest.approx(op["sensitivity"])
+    assert any(ln.get_label().startswith("sensitivity >= 0.95") for ln in lines)
+    assert "AP" in figs["pr"].axes[0].get_legend_handles_labels()[1][0]
+    assert "ECE" in figs["reliability"].axes[0].get_title()
+    # Errors: the most confident mistakes, most confident first, each titled true/pred.
+    wrong = [r for r in rows if r["correct"] == "0"]
+    if not wrong:
+        assert "errors" not in figs
+        return
+    wrong.sort(key=lambda r: -max(float(r[f"p_{n}"]) for n in names))
+    titled = [ax.get_title() for ax in figs["errors"].axes if ax.get_title()]
+    assert len(titled) == min(len(wrong), E.ERRORS_SHOWN)
+    first = titled[0].split("\n")
+    assert first[0] == wrong[0]["file"] and first[1] == f"true {wrong[0]['true']}"
+    assert os.path.getsize(os.path.join(workdir, "errors_again.png")) > 1000
+
+
+def test_plots_leave_pyplot_and_the_backend_alone(tmp_path):
+    import subprocess
+    import sys
+
+    # rcParams read raw: get_backend() itself would import pyplot to resolve 'auto'.
+    code = ("import sys, numpy as np, matplotlib as m; get = lambda: dict.__getitem__("
+            "m.rcParams, 'backend'); b = get(); from train import plots; "
+            "f = plots.plot_confusion(np.array([[3, 1], [0, 4]]), ['a', 'b'], sys.argv[1]); "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot'; "
+            "assert get() == b, (b, get()); print(type(f).__name__)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.png")], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "Figure" and (tmp_path / "c.png").stat().st_size > 1000

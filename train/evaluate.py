@@ -61,6 +61,8 @@ def classification(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[
     if target_sensitivity is not None and len(labels):
         pos = metrics.resolve_class(positive_class, class_names)
         out.update(metrics.decision_report(probs, labels, pos, target_sensitivity))
+    if len(labels):
+        out["calibration"] = {"ece": metrics.calibration(probs, labels)["ece"], "bins": 10}
     if groups is not None:
         per = metrics.per_group_accuracy(np.asarray(probs).argmax(-1) == labels, groups)
         accs = [g["accuracy"] for g in per.values()]
@@ -126,13 +128,53 @@ def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: s
         _write_text_result(csv_path, prediction_rows(probs, labels, report["class_names"],
                                                      keys, groups))
         W.write_result(path, _json_safe(report))
-        plots.plot_confusion(np.asarray(report["confusion_matrix"]), report["class_names"],
-                             os.path.join(workdir, f"confusion_{name}.png"),
-                             f"{report.get('data', '')}\naccuracy {report['accuracy']:.4f}")
-        pos = report["class_names"].index(report["positive_class"])
-        plots.plot_roc(probs[:, pos], labels == pos, os.path.join(workdir, f"roc_{name}.png"),
-                       report["positive_class"])
+        write_plots(report, probs, labels, workdir, name, source=source, indices=indices)
     return path
+
+
+ERRORS_SHOWN = 24  # the most confident mistakes in errors_<name>.png
+
+
+def write_plots(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: str, name: str,
+                *, source: D.Source | None = None, indices: np.ndarray | None = None
+                ) -> dict[str, str]:
+    """``confusion_<name>.png`` (row-normalised), ``roc_<name>.png`` and ``pr_<name>.png``
+    with the operating points, ``reliability_<name>.png`` and, given the images
+    (``source``, ``indices``), ``errors_<name>.png``: the most confident mistakes. Returns
+    the figures drawn, ``{kind: matplotlib Figure}`` (``<kind>_<name>.png`` each)."""
+    names = report["class_names"]
+    pos = names.index(report["positive_class"])
+    path = lambda kind: os.path.join(workdir, f"{kind}_{name}.png")  # noqa: E731
+    points = {}
+    if report.get("operating_point"):
+        points["model's decision"] = report["operating_point"]
+    t = report.get("at_target_sensitivity")
+    if t and t.get("threshold") is not None:
+        points[f"sensitivity >= {t['target']:g} (t={t['threshold']:.3f})"] = t
+    figures = {
+        "confusion": plots.plot_confusion(
+            np.asarray(report["confusion_matrix"]), names, path("confusion"),
+            f"{report.get('data', '')}\naccuracy {report['accuracy']:.4f}"),
+        "roc": plots.plot_roc(probs[:, pos], labels == pos, path("roc"), names[pos], points),
+        "pr": plots.plot_pr(probs[:, pos], labels == pos, path("pr"), names[pos], points),
+        "reliability": plots.plot_reliability(probs, labels, path("reliability")) if len(labels)
+        else None,
+    }
+    if source is not None and indices is not None:
+        worst = metrics.confident_mistakes(probs, labels, ERRORS_SHOWN)
+        figures["errors"] = plots.plot_images(
+            [source.image(indices[i]) for i in worst],
+            [f"{_short(source.keys[indices[i]]) if source.keys else indices[i]}\n"
+             f"true {names[labels[i]]}\npred {names[int(probs[i].argmax())]} "
+             f"{probs[i].max():.3f}" for i in worst], path("errors"),
+            f"the {len(worst)} most confident mistakes of {int(np.sum(probs.argmax(-1) != labels))}"
+            if len(worst) else "")
+    return {kind: fig for kind, fig in figures.items() if fig is not None}
+
+
+def _short(key: str, n: int = 24) -> str:
+    base = os.path.basename(str(key))
+    return base if len(base) <= n else "..." + base[-n + 3:]
 
 
 def prediction_rows(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],

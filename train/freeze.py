@@ -78,18 +78,22 @@ def param_labels(params: Any, spec: ModelSpec, trainable: Callable[[str], bool])
     return traverse_util.path_aware_map(label, params)
 
 
-def make_optimizer(config, labels: Any, total_steps: int) -> optax.GradientTransformation:
-    """``multi_transform`` of the configured optimizer over the label tree."""
+def schedule(config, total_steps: int) -> Callable:
+    """The head's learning rate at each step (the backbone's is ``backbone_lr_scale`` x it)."""
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
     if config.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0 if warmup else config.learning_rate,
-                                                config.learning_rate, warmup,
-                                                max(total_steps, warmup + 1))
-    elif config.schedule == "constant":
-        lr = optax.linear_schedule(0.0, config.learning_rate, warmup) if warmup else (
+        return optax.warmup_cosine_decay_schedule(0.0 if warmup else config.learning_rate,
+                                                  config.learning_rate, warmup,
+                                                  max(total_steps, warmup + 1))
+    if config.schedule == "constant":
+        return optax.linear_schedule(0.0, config.learning_rate, warmup) if warmup else (
             lambda step: config.learning_rate)
-    else:
-        raise ValueError(f"config.schedule must be 'cosine' or 'constant', got {config.schedule!r}")
+    raise ValueError(f"config.schedule must be 'cosine' or 'constant', got {config.schedule!r}")
+
+
+def make_optimizer(config, labels: Any, total_steps: int) -> optax.GradientTransformation:
+    """``multi_transform`` of the configured optimizer over the label tree."""
+    lr = schedule(config, total_steps)
     scale = 1.0 if config.policy == "scratch" else config.backbone_lr_scale
     transforms = {"head": _optimizer(config, lr, 1.0), "backbone": _optimizer(config, lr, scale),
                   "frozen": optax.set_to_zero()}

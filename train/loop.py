@@ -314,7 +314,9 @@ def _after_step(run: Run, state: T.TrainState, meta: dict, m: dict, rate: float)
     if step % c.log_every_steps == 0:
         parts = {k: m[k] for k in run.task.step_metrics if k in m}
         run.history.write(step, "train_step", {"loss": m["loss"], "grad_norm": m["grad_norm"],
-                                               **parts, "images_per_s": rate},
+                                               **parts, "images_per_s": rate,
+                                               "learning_rate": float(F.schedule(
+                                                   c, run.total_steps)(step - 1))},
                           epoch=meta["epoch"] + 1)
     if step % c.checkpoint_every_steps == 0 and meta["batch"] < len(run.task.train_loader):
         run.ckpt.save(state, meta)

@@ -198,3 +198,29 @@ def decision_report(probs: np.ndarray, labels: np.ndarray, pos: int,
             "specificity": list(wilson_interval(op["tn"], op["tn"] + op["fp"])),
         },
     }
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
+    """Per confidence bin (equal widths over [0, 1] of the predicted class's probability):
+    ``count``, mean ``confidence``, ``accuracy`` (NaN when empty), the ``edges``, and the
+    expected calibration error ``ece`` (count-weighted mean |accuracy - confidence|)."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels, np.int64)
+    conf, right = probs.max(-1), probs.argmax(-1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, conf, bins) / count
+        acc = np.bincount(which, right.astype(np.float64), bins) / count
+    filled = count > 0
+    ece = float(np.sum(count[filled] * np.abs(acc[filled] - mean_conf[filled])) /
+                max(count.sum(), 1))
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": acc,
+            "ece": ece}
+
+
+def confident_mistakes(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` wrong predictions made with the highest probability."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    wrong = np.flatnonzero(probs.argmax(-1) != labels)
+    return wrong[np.argsort(-probs[wrong].max(-1), kind="stable")][:k]
