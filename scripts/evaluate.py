@@ -10,6 +10,11 @@ A classification workdir's ``splits.json`` records the data it was trained on; w
 data changed (files added, removed or renamed), evaluating its splits is refused with what
 changed (the saved indices would point at other images), unless ``--rederive``. A
 previous ``eval_<name>.json`` with other numbers is kept as ``eval_<name>.<n>.json``.
+
+It prints one summary line and the paths of what it wrote: ``eval_<name>.json`` and, for a
+classifier, ``predictions_<name>.csv`` (one row per image) beside the plots
+(``confusion``, ``roc``, ``pr``, ``reliability``, ``errors_<name>.png``). ``--print_json``
+prints the report itself instead; ``--verbose`` shows the libraries' INFO lines.
 """
 
 import json
@@ -17,7 +22,7 @@ import json
 from absl import app, flags
 
 from scripts import cli
-from train import task
+from train import logs, task
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir.")
@@ -27,17 +32,24 @@ flags.DEFINE_string("positive_class", None, "Class for sensitivity/specificity/R
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint.")
 flags.DEFINE_bool("rederive", False, "When the run's data changed since training: find the "
                   "split's files again by name (new files are left out) instead of refusing.")
+flags.DEFINE_bool("print_json", False, "Print the whole report as JSON (for a pipe).")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logs.quiet(FLAGS.verbose)
     report = task.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
                            positive_class=FLAGS.positive_class, which=FLAGS.checkpoint,
                            rederive=FLAGS.rederive)
-    print(json.dumps(report, indent=2))
+    if FLAGS.print_json:
+        print(json.dumps(report, indent=2))
+        return
     print(task.summary(report))
+    for what, key in (("results", "json"), ("per image", "predictions")):
+        if report.get(key):
+            print(f"{what}: {report[key]}")
 
 
 def run(argv=None):

@@ -4,7 +4,8 @@ one line each: path, class, score, box in original pixels).
   python -m scripts.predict --workdir /tmp/zoo_demo cell1.png cell2.png
 
 A file that cannot be read (missing, empty, truncated, a folder) is named on stderr and
-the others are still predicted; the exit status is then 2.
+the others are still predicted; the exit status is then 2. Library INFO lines (orbax,
+absl) are hidden unless ``--verbose``.
 """
 
 import sys
@@ -12,7 +13,7 @@ import sys
 from absl import app, flags
 
 from scripts import cli
-from train import task
+from train import logs, task
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir.")
@@ -23,6 +24,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("give one or more image files")
+    logs.quiet(FLAGS.verbose)
     failed = 0
     for r in task.predict(FLAGS.workdir, argv[1:], FLAGS.checkpoint):
         if "error" in r:  # named on stderr; the other files are still predicted

@@ -172,3 +172,48 @@ def test_plots_leave_pyplot_and_the_backend_alone(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "Figure" and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def _script(name, *args):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; from tests.tiny_model import register; register(); "
+            f"from scripts import {name}; sys.argv = sys.argv[1:]; {name}.run()")
+    return subprocess.run([sys.executable, "-c", code, name, *args], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": root})
+
+
+def test_evaluate_and_predict_commands_are_quiet(trained):
+    workdir, _ = trained
+    proc = _script("evaluate", "--workdir", workdir, "--split", "validation")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("synthetic (validation split): accuracy")
+    assert "at sensitivity" in lines[0]
+    assert lines[1] == f"results: {os.path.join(workdir, 'eval_validation.json')}"
+    assert lines[2] == f"per image: {os.path.join(workdir, 'predictions_validation.csv')}"
+    assert proc.stderr.strip() == "", proc.stderr[:2000]  # no absl/orbax/jax INFO lines
+    loud = _script("evaluate", "--workdir", workdir, "--split", "validation", "--verbose")
+    assert loud.returncode == 0 and "orbax" in loud.stderr  # --verbose shows them
+    image = os.path.join(workdir, "errors_test.png")  # any image file will do
+    proc = _script("predict", "--workdir", workdir, image)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"{image}\t") and len(proc.stdout.splitlines()) == 1
+    assert proc.stderr.strip() == "", proc.stderr[:2000]
+
+
+def test_evaluation_restores_only_the_model_variables(trained):
+    workdir, _ = trained
+    from train import checkpoint as C
+
+    best = os.path.join(workdir, "checkpoints", "best")
+    step, full = C.restore_newest(best)
+    again, mine = E.restore_model_variables(best)
+    assert again == step and set(mine) == {"params", "batch_stats"}
+    import jax
+
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), full, mine)
+    assert all(jax.tree.leaves(same)) and jax.tree.structure(full) == jax.tree.structure(mine)

@@ -32,7 +32,7 @@ from train import model as M
 from train import splits as S
 from train import step as T
 from train import workdir as W
-from train.errors import ImageError, WorkdirError
+from train.errors import CheckpointError, ImageError, WorkdirError
 from train.pipeline import Loader
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ def load_run(workdir: str, which: str = "best") -> dict[str, Any]:
     if not steps:
         raise WorkdirError(f"{workdir} has no checkpoint yet (looked in {root}/{which}): train "
                            "it first (re-running the training command resumes)")
-    step, variables = C.restore_newest(os.path.join(root, which))
+    step, variables = restore_model_variables(os.path.join(root, which))
     mesh = T.make_mesh()
     spec = zoo.spec(config.model.name)
     model = M.build_model(config, len(class_names))
@@ -272,6 +272,41 @@ def load_run(workdir: str, which: str = "best") -> dict[str, Any]:
     return dict(config=config, class_names=class_names, mesh=mesh, state=state,
                 eval_fn=T.jit_eval(T.make_eval_step(model, spec.normalize), mesh),
                 checkpoint=f"{which} step {step}")
+
+
+MODEL_COLLECTIONS = ("params", "batch_stats")
+
+
+def read_model_variables(path: str) -> dict[str, Any]:
+    """``{'params', 'batch_stats'}`` of one training checkpoint, read alone (orbax partial
+    restore: the optimizer state, often twice the parameters, is never read)."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    if os.path.isdir(os.path.join(path, "state")):
+        path = os.path.join(path, "state")
+    saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree
+    if "params" not in saved:
+        raise ValueError(f"{path} holds no 'params' (found keys {sorted(saved)})")
+    item = {k: saved[k] for k in MODEL_COLLECTIONS if saved.get(k)}
+    tree = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True))
+    return {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
+
+
+def restore_model_variables(directory: str) -> tuple[int, dict[str, Any]]:
+    """``(step, {'params', 'batch_stats'})`` of the newest readable step of a checkpoint
+    manager folder (as :func:`train.checkpoint.restore_newest`, without the optimizer)."""
+    bad = []
+    for step in reversed(C.Checkpoints.steps(directory)):
+        try:
+            return step, read_model_variables(os.path.join(directory, str(step)))
+        except Exception as e:  # noqa: BLE001 -- orbax raises many kinds; the next may do
+            bad.append(C._unreadable(os.path.join(directory, str(step)), e))
+    if bad:
+        raise CheckpointError(f"no readable checkpoint in {directory}: {'; '.join(bad)}")
+    raise FileNotFoundError(f"no checkpoint in {directory}")
 
 
 def _loader(run: dict, source: D.Source, indices: np.ndarray) -> Loader:

@@ -35,6 +35,21 @@ def setup_logging(workdir: str) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+def quiet(verbose: bool = False) -> None:
+    """A command's output without library chatter: absl, orbax and JAX INFO lines (orbax's
+    read throughput, JAX's backend probing) hidden, warnings and errors kept; ``verbose``
+    shows everything."""
+    level = logging.INFO if verbose else logging.WARNING
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    except ImportError:
+        pass
+    for name in ("absl", "jax", "orbax"):
+        logging.getLogger(name).setLevel(level)
+
+
 class History:
     """Appends metric rows to ``history.jsonl``/``history.csv`` and TensorBoard events.
 
