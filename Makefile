@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # tests run on every core (pytest-xdist); PYTEST_ARGS="-n 0" runs them in one process
 PYTEST_ARGS ?= -n auto
 
-.PHONY: demo test quick lint clean dot
+.PHONY: demo test quick lint clean dot chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ dot:
 	    echo "Graphviz 'dot' is missing: install it (apt-get install graphviz / brew install graphviz)"; exit 1; \
 	  fi; }
 
+# a headless browser for the interactive HTML drawings' tests (tests/test_viz_html.py)
+BROWSERS = chromium-headless-shell chromium chromium-browser google-chrome
+chromium:
+	@for b in $(BROWSERS); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium-headless-shell with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null; \
+	  else \
+	    echo "no Chromium for the HTML drawings' browser tests: install it (apt-get install chromium-headless-shell / brew install chromium)"; exit 1; \
+	  fi
+
 DEMO_DIR ?= workdirs/demo
 
 # the model and the policy of the run's last stage, from its config.json
@@ -45,12 +56,12 @@ demo: $(VENV)/.installed dot
 	$(BIN)/transfer-zoo evaluate --workdir $(DEMO_DIR)
 	set -- $$($(BIN)/python -c '$(RUN_POLICY)') && \
 	  $(BIN)/transfer-zoo draw --model $$1 --depth 1 --freeze $$2 --out $(DEMO_DIR)/$$1.trained.svg
-	@echo "drawings: $(DEMO_DIR)/gallery/index.md (every model) and the trained model in $(DEMO_DIR)"
+	@echo "drawings: $(DEMO_DIR)/gallery/index.html (every model, SVGs and interactive pages) and the trained model in $(DEMO_DIR)"
 
-test: $(VENV)/.installed-test dot
+test: $(VENV)/.installed-test dot chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-quick: $(VENV)/.installed-test dot
+quick: $(VENV)/.installed-test dot chromium
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

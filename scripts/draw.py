@@ -25,7 +25,9 @@ flags.DEFINE_integer("depth", None, "Collapse modules below this depth (default:
                      "draws depth 1 and full).", lower_bound=0)
 flags.DEFINE_string("freeze", None, "Colour a policy: frozen, finetune:N, full, or a regex over "
                     "parameter paths.")
-flags.DEFINE_enum("format", None, list(viz.dot.FORMATS), "Default: the --out suffix, else svg.")
+flags.DEFINE_enum("format", None, [*viz.dot.FORMATS, "html"], "Default: the --out suffix, "
+                  "else svg. html: one self-contained interactive page (every layer, expanded "
+                  "to --depth; collapse, search, details).")
 flags.DEFINE_enum("rankdir", "TB", ["TB", "LR"], "Top to bottom or left to right.")
 flags.DEFINE_bool("fold", False, "Draw repeated identical blocks once, xN.")
 flags.DEFINE_bool("no-edge-labels", False, "Leave tensor shapes off edges.")

@@ -111,7 +111,7 @@ def test_resnet50_structure():
     assert not g.disconnected()
     top = viz.collapse(g, 1)
     assert list(top.nodes) == ["input", "stem", "stage1", "stage2", "stage3", "stage4",
-                               "mean", "head", "output"]
+                               "global_avg_pool", "head", "output"]
     assert top.nodes["stage1"].shapes == ((1, 56, 56, 256),)
     folded = viz.collapse(viz.fold(g), 2)
     assert folded.nodes["stage3/block2"].repeat == 5 and "stage3/block3" not in folded.nodes
@@ -126,6 +126,11 @@ def test_densenet121_concatenations():
     _needs("densenet121")
     g = traced("densenet121")
     assert g.count("concatenate", min_inputs=2) == 58  # Keras: 58 Concatenate layers
+    # Keras: 3 AveragePooling2D, 1 MaxPooling2D, 1 GlobalAveragePooling2D; each transition's
+    # pool is one node whatever primitives the backend computes it with
+    assert [g.count(t) for t in ("avg_pool", "max_pool", "global_avg_pool")] == [3, 1, 1]
+    assert g.nodes["stage1/transition/avg_pool"].shapes == ((1, 28, 28, 128),)
+    assert g.count("add") == 0
     assert not g.disconnected()
 
 
@@ -225,6 +230,11 @@ def test_cli_model_and_gallery(tmp_path):
     index = (tmp_path / "g" / "index.md").read_text()
     assert "[full depth](squeezenet1_0.full.dot)" in index
     assert (tmp_path / "g" / "squeezenet1_1.depth1.dot").exists()
+    # the interactive pages beside the drawings, in index.md and index.html
+    assert "[interactive](squeezenet1_0.html)" in index
+    assert '<a href="squeezenet1_1.html">interactive</a>' in (
+        tmp_path / "g" / "index.html").read_text()
+    assert '"name":"squeezenet1_1"' in (tmp_path / "g" / "squeezenet1_1.html").read_text()
     both = run_script("draw", "--model", "alexnet", "--all", "--out", tmp_path / "x", check=False)
     assert both.returncode == 2 and "give one of --model NAME or --all" in both.stderr
     assert "Traceback" not in both.stderr
@@ -333,3 +343,39 @@ def test_cli_partial_drawing_exits_with_one_line(tmp_path):
     bad = run_script("draw", "--model", "resnet50", "--input_shape", "64,x,3",
                      "--out", tmp_path / "s.dot", check=False)
     assert bad.returncode == 2 and "--input_shape takes integers" in bad.stderr
+
+
+# Keras layer class -> the drawn node types it is counted against
+KERAS_KINDS = {
+    "conv": ({"Conv2D", "DepthwiseConv2D", "SeparableConv2D"},
+             {"Conv", "DepthwiseConv", "SeparableConv"}),
+    # InceptionResNetV2's scaled residual (x + scale * r) is Keras' CustomScaleLayer
+    "add": ({"Add", "CustomScaleLayer"}, {"add"}),
+    "concatenate": ({"Concatenate"}, {"concatenate"}),
+    "max_pool": ({"MaxPooling2D"}, {"max_pool"}),
+    "avg_pool": ({"AveragePooling2D"}, {"avg_pool"}),
+    "global_avg_pool": ({"GlobalAveragePooling2D"}, {"global_avg_pool"}),
+    "global_max_pool": ({"GlobalMaxPooling2D"}, {"global_max_pool"}),
+}
+
+
+def _keras_referenced() -> list[str]:
+    return [n for n in zoo.list_models()
+            if re.fullmatch(r"keras\.applications\.\w+", zoo.spec(n).reference_name or "")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _keras_referenced())
+def test_drawn_layers_match_keras(name):
+    """Each Keras layer is one drawn node: convolution, Add, Concatenate and pooling counts
+    of the full-depth drawing equal the keras.applications model's."""
+    from tests.reference import keras_model
+
+    layers = [type(x).__name__ for x in
+              keras_model(name)._flatten_layers(include_self=False, recursive=True)]
+    g = traced(name)
+    inc = g.predecessors()
+    drawn = [n.type for n in g.nodes.values() if n.type != "add" or len(inc[n.id]) >= 2]
+    got = {k: sum(t in ours for t in drawn) for k, (_, ours) in KERAS_KINDS.items()}
+    want = {k: sum(t in ref for t in layers) for k, (ref, _) in KERAS_KINDS.items()}
+    assert got == want

@@ -59,6 +59,9 @@ LAYER_FUNCTIONS = {
                    "adaptive_avg_pool": "adaptive_avg_pool", "global_pool": None},
     "flax.linen": {"max_pool": "max_pool", "avg_pool": "avg_pool", "pool": "pool"},
 }
+# Modules defined here are each one reference layer (SeparableConv is Keras'
+# SeparableConv2D): drawn as one node, the modules they are built of left out.
+LAYER_MODULES = ("zoo.layers",)
 SCOPE_SEP = "~"  # 'avg_pool~3': the third layer call; the suffix keeps neighbours apart
 
 
@@ -124,6 +127,7 @@ def trace(
     calls: dict[Path, Module] = {}
     fail: dict[str, Any] = {}  # the innermost module call that raised: path, inputs, error
     done_vars: dict[str, dict[str, int]] = {}  # variables of the calls that returned
+    layers: set[Path] = set()  # calls of LAYER_MODULES' classes
 
     def record(f, args, fkwargs, ctx):
         path = tuple(ctx.module.path)
@@ -143,6 +147,8 @@ def trace(
             for col, tree in ctx.module.variables.items():
                 for k, v in traverse_util.flatten_dict(dict(tree)).items():
                     done_vars.setdefault(col, {})["/".join(path + k)] = int(np.prod(v.shape))
+        if type(ctx.module).__module__ in LAYER_MODULES:
+            layers.add(path)
         if path not in calls and not ctx.method_name.startswith("<"):
             calls[path] = Module(path, type(ctx.module).__name__, _shapes(out), 0, 0, True)
         # An identity module (Dropout at inference) leaves no equation: give it one.
@@ -169,6 +175,9 @@ def trace(
     # multiplies and shifted depthwise products none)
     with nn.intercept_methods(record), backend.use_impl("xla"), layer_scopes():
         closed, (out, variables) = jax.make_jaxpr(init, return_shape=True)(x)
+    for path in [p for p in calls if p in layers]:
+        for sub in [q for q in calls if len(q) > len(path) and q[: len(path)] == path]:
+            del calls[sub]
     for path, m in calls.items():
         m.leaf = not any(len(p) > len(path) and p[: len(path)] == path for p in calls)
     if fail:
@@ -413,6 +422,11 @@ def _subjaxpr(eqn):
 def _label(eqn) -> str:
     """A short name for an equation: a jitted function's name, else the primitive's."""
     name = eqn.primitive.name
+    strides = eqn.params.get("strides") if name == "slice" else None
+    if (strides and len(strides) == 4 and strides[0] == strides[3] == 1
+            and max(strides[1:3]) > 1 and not any(eqn.params["start_indices"])):
+        # x[:, ::s, ::s, :] is a 1x1 max pool of stride s (Keras ResNetV2's shortcut)
+        return "max_pool"
     if name in CALLS:
         if eqn.params.get("name"):
             return str(eqn.params["name"]).strip("_") or name
