@@ -217,3 +217,112 @@ def test_evaluation_restores_only_the_model_variables(trained):
 
     same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), full, mine)
     assert all(jax.tree.leaves(same)) and jax.tree.structure(full) == jax.tree.structure(mine)
+
+
+@pytest.fixture(scope="module")
+def dots(tmp_path_factory):
+    """A tiny net trained until it finds the stained dots (test accuracy ~0.96, ~20 s)."""
+    with registered():
+        workdir = str(tmp_path_factory.mktemp("dots"))
+        config = tiny_config(**{"data.image_size": 32, "data.synthetic_size": 800,
+                                "epochs": 12, "batch_size": 32, "warmup_steps": 10,
+                                "learning_rate": 1e-2, "checkpoint_every_steps": 1000,
+                                "log_every_steps": 50})
+        report = loop.train_and_evaluate(config, workdir)
+        assert report["accuracy"] >= 0.9, report["accuracy"]
+        yield workdir
+
+
+def test_gradcam_maximum_falls_on_the_stained_dot(dots):
+    from train import data as D
+    from train import explain
+    from train.pipeline import resize
+
+    n = 20  # new cells (seed 99), each drawn with and without its dots: the difference
+    sick = [D.synthetic_cell(True, 99, i, 64) for i in range(n)]  # locates the dots
+    well = [D.synthetic_cell(False, 99, i, 64) for i in range(n)]
+    with registered():
+        shown, cams, probs = explain.explain_images(dots, sick, tap="stage2",
+                                                    classes=np.zeros(n, int))
+    assert cams.shape == (n, 32, 32) and cams.min() >= 0
+    assert cams.max(axis=(1, 2)) == pytest.approx(np.ones(n))
+    on_dot, dot_area = [], []
+    for a, b, cam in zip(sick, well, cams, strict=True):
+        diff = np.abs(a.astype(float) - b.astype(float)).mean(-1).clip(0, 255)
+        diff = resize(np.repeat(diff.astype(np.uint8)[..., None], 3, -1), 32)[..., 0]
+        dot = diff >= 0.4 * diff.max()
+        y, x = np.unravel_index(cam.argmax(), cam.shape)
+        on_dot.append(dot[y, x])
+        dot_area.append(dot.mean())
+    # Chance (the maximum anywhere) would land on a dot about mean(dot_area) of the time.
+    assert np.mean(dot_area) < 0.1
+    assert np.mean(on_dot) >= 0.6, (np.mean(on_dot), np.mean(dot_area))
+
+
+def test_explain_command_writes_overlays(dots, tmp_path):
+    from train import data as D
+
+    path = tmp_path / "cell.png"
+    from PIL import Image
+
+    Image.fromarray(D.synthetic_cell(True, 5, 1, 64)).save(path)
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    proc = _script("explain", "--workdir", dots, "--tap", "stage2", "--out", str(tmp_path / "o"),
+                   str(path), str(bad))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stdout.splitlines()
+    assert len(line) == 1 and line[0].split("\t")[0] == str(path)
+    assert line[0].split("\t")[3] == str(tmp_path / "o" / "cell_cam.png")
+    assert (tmp_path / "o" / "cell_cam.png").stat().st_size > 1000
+    assert (tmp_path / "o" / "grid.png").stat().st_size > 1000
+    assert "empty.png" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _gradcam_layer(name):
+    import jax
+
+    import zoo
+    from train import explain
+
+    spec = zoo.spec(name)
+    tap = explain.last_tap(spec)
+    if tap is None:  # the last map a submodule makes, traced: no FLOPs
+        model = zoo.create(name, num_classes=3)
+        x = np.zeros((1, spec.min_size, spec.min_size, 3), np.float32)
+        tap = explain.last_spatial_module(model, jax.eval_shape(model.init,
+                                                                jax.random.PRNGKey(0), x), x)
+    return tap
+
+
+def _classifiers():
+    import zoo
+
+    return [n for n in zoo.list_models() if zoo.spec(n).task == "classification"]
+
+
+def test_gradcam_layer_of_a_model_and_its_heat_map():
+    import jax
+
+    import zoo
+    from train import explain
+
+    with_taps = [n for n in _classifiers() if explain.last_tap(zoo.spec(n))]
+    assert len(with_taps) >= len(_classifiers()) - 7 and "resnet18" in with_taps
+    assert _gradcam_layer("resnet18") == "stage4" and _gradcam_layer("alexnet") == "conv5"
+    model = zoo.create("resnet18", num_classes=3)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    cams, probs = explain.gradcam(model, variables, x)
+    assert cams.shape == (2, 32, 32) and probs.shape == (2, 3)
+    assert probs == pytest.approx(np.asarray(jax.nn.softmax(model.apply(variables, x))),
+                                  abs=1e-5)
+    with pytest.raises(ValueError, match="no submodule 'nope'"):
+        explain.gradcam(model, variables, x, "nope")
+
+
+@pytest.mark.slow
+def test_every_classifier_has_a_gradcam_layer():
+    found = {n: _gradcam_layer(n) for n in _classifiers()}
+    assert all(t and not t.startswith("head") for t in found.values()), found
+    assert found["densenet121"] == "post_bn" and found["resnet50v2"] == "post_bn"

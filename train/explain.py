@@ -1,0 +1,174 @@
+"""Grad-CAM (Selvaraju et al., 2017): where a trained classifier looked.
+
+The class score's gradient with respect to the last feature map (the spec's last feature
+tap with a module path), averaged over space, weights that map's channels; the ReLU of
+the weighted sum, upsampled to the image and scaled to [0, 1], is the heat map. The map
+is caught and perturbed by Flax interception while the whole network runs, so it works
+for every zoo classifier and either head without touching the model::
+
+    from train import explain
+    maps = explain.explain_files("/tmp/zoo_demo", ["cell1.png"], out_dir="/tmp/cam")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+import zoo
+from train import data as D
+from train import evaluate as E
+from train import plots
+from train.errors import ImageError, WorkdirError
+from train.pipeline import resize
+
+
+def last_tap(spec: zoo.ModelSpec) -> str | None:
+    """The spec's coarsest feature tap when a submodule makes it (Grad-CAM's layer); None
+    when that map is the model's own output (``''``: e.g. DenseNet's ``post_bn`` + ReLU),
+    then :func:`gradcam` takes the last spatial map a submodule makes."""
+    taps = spec.feature_info()
+    return taps[-1].module if taps and taps[-1].module else None
+
+
+def last_spatial_module(model: nn.Module, variables: dict[str, Any], images: jax.Array) -> str:
+    """Path of the last submodule call (outside ``head``) whose output is a feature map
+    [N, h, w, C] (traced with ``jax.eval_shape``: no computation)."""
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = "/".join(context.module.path)
+        if (context.method_name == "__call__" and path and not path.startswith("head")
+                and getattr(out, "ndim", 0) == 4):
+            seen.append(path)
+        return out
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    if not seen:
+        raise ValueError(f"{type(model).__name__} makes no feature map in a submodule")
+    return seen[-1]
+
+
+def _at(tap: str, fn):
+    """An interceptor applying ``fn`` to the output of the module at path ``tap``."""
+
+    def intercept(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and "/".join(context.module.path) == tap:
+            return fn(out)
+        return out
+
+    return intercept
+
+
+def gradcam(model: nn.Module, variables: dict[str, Any], images: jax.Array,
+            tap: str | None = None, classes: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """``(heat maps [N, H, W] in [0, 1], probabilities [N, K])`` for normalised ``images``
+    [N, H, W, C] at the submodule ``tap`` (default :func:`last_spatial_module`); the maps
+    explain ``classes`` (default: each image's predicted class)."""
+    images = jnp.asarray(images)
+    tap = tap or last_spatial_module(model, variables, images)
+    caught = {}
+
+    def catch(out):
+        caught["shape"] = jax.ShapeDtypeStruct(out.shape, jnp.float32)
+        return out
+
+    with nn.intercept_methods(_at(tap, catch)):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    if "shape" not in caught:
+        raise ValueError(f"{type(model).__name__} has no submodule {tap!r}: give a module path "
+                         "of the network (e.g. a feature tap of its ModelSpec)")
+
+    def score(delta, cls):
+        kept = {}
+
+        def add(out):
+            kept["a"] = out
+            return out + delta.astype(out.dtype)
+
+        with nn.intercept_methods(_at(tap, add)):
+            logits = model.apply(variables, images, train=False).astype(jnp.float32)
+        return jnp.sum(jnp.take_along_axis(logits, cls[:, None], 1)), (kept["a"], logits)
+
+    @jax.jit
+    def run(cls):
+        zero = jnp.zeros(caught["shape"].shape, jnp.float32)
+        grads, (feats, logits) = jax.grad(score, has_aux=True)(zero, cls)
+        weights = grads.mean(axis=(1, 2), keepdims=True)  # [N, 1, 1, C]
+        cam = jax.nn.relu(jnp.sum(weights * feats.astype(jnp.float32), -1))  # [N, h, w]
+        cam = jax.image.resize(cam, (cam.shape[0], *images.shape[1:3]), "bilinear")
+        top = cam.max(axis=(1, 2), keepdims=True)
+        return jnp.where(top > 0, cam / jnp.where(top > 0, top, 1), 0.0), jax.nn.softmax(logits)
+
+    if classes is None:
+        logits = jax.jit(lambda x: model.apply(variables, x, train=False))(images)
+        classes = np.asarray(jnp.argmax(logits, -1))
+    cams, probs = run(jnp.asarray(classes, jnp.int32))
+    return np.asarray(cams), np.asarray(probs)
+
+
+def _model_of(run: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], Any]:
+    from train import model as M
+
+    variables = {"params": run["state"].params, "batch_stats": run["state"].batch_stats}
+    spec = zoo.spec(run["config"].model.name)
+    return M.build_model(run["config"], len(run["class_names"])), variables, spec
+
+
+def explain_images(workdir: str, images: Sequence[np.ndarray], *, tap: str | None = None,
+                   which: str = "best", run: dict | None = None,
+                   classes: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(resized images uint8 [N, S, S, 3], heat maps [N, S, S], probabilities [N, K])``
+    of RGB ``images`` under a workdir's checkpoint at the run's image size ``S``; the maps
+    explain ``classes`` (default: the predicted ones)."""
+    run = run or E.load_run(workdir, which)
+    model, variables, spec = _model_of(run)
+    if spec.task != "classification":
+        raise WorkdirError(f"{workdir} trained a {spec.task} model ({spec.name}): Grad-CAM "
+                           "here explains classifiers; give a classification workdir")
+    size = run["config"].data.image_size
+    shown = np.stack([resize(np.asarray(i), size) for i in images])
+    x = spec.normalize(jnp.asarray(shown, jnp.float32))
+    cams, probs = gradcam(model, variables, x, tap or last_tap(spec), classes)
+    return shown, cams, probs
+
+
+def explain_files(workdir: str, paths: Sequence[str], out_dir: str | None = None, *,
+                  tap: str | None = None, which: str = "best") -> list[dict[str, Any]]:
+    """Grad-CAM of each image file: ``{'path', 'class', 'probability', 'overlay'}`` (the
+    overlay PNG written into ``out_dir``, default ``<workdir>/explain``), or
+    ``{'path', 'error'}`` for a file that cannot be read; plus ``explain/grid.png``."""
+    run = E.load_run(workdir, which)
+    names = run["class_names"]
+    out_dir = out_dir or os.path.join(workdir, "explain")
+    os.makedirs(out_dir, exist_ok=True)
+    images, results = {}, {}
+    for p in paths:
+        try:
+            images[p] = D.decode_file(p)
+        except ImageError as e:
+            results[p] = {"path": p, "error": str(e)}
+    if images:
+        shown, cams, probs = explain_images(workdir, list(images.values()), tap=tap, run=run)
+        titles = []
+        for p, img, cam, q in zip(images, shown, cams, probs, strict=True):
+            k = int(q.argmax())
+            out = os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + "_cam.png")
+            titles.append(f"{os.path.basename(p)}\n{names[k]} {q[k]:.3f}")
+            plots.plot_images([img], [titles[-1]], out, overlays=[cam])
+            results[p] = {"path": p, "class": names[k], "probability": float(q[k]),
+                          "overlay": out}
+        plots.plot_images(list(shown), titles, os.path.join(out_dir, "grid.png"),
+                          "Grad-CAM", overlays=list(cams))
+    return [results[p] for p in paths]
