@@ -57,6 +57,8 @@ def test_embedded_graph_is_the_traced_graph():
     status = {n["id"]: n["status"] for n in data["nodes"]}
     assert status["stem/conv"] == "frozen" and status["head"] == "trainable"
     assert data["depth"] == 1 and data["policy"] is True and data["error"] is None
+    assert "every layer, expanded to depth 1" in data["caption"]
+    assert "trainable (green)" in data["caption"]
 
 
 def test_page_is_self_contained():

@@ -68,8 +68,12 @@ def graph_data(
     error = None
     if graph.error is not None:
         error = dict(zip(("path", "type", "message"), graph.error, strict=True))
+    caption = _caption(graph, trainable, True)
+    if graph.depth is None:
+        caption = caption.replace(" · full depth", " · every layer" + (
+            f", expanded to depth {depth}" if depth is not None else ""))
     return {
-        "name": graph.name, "caption": _caption(graph, trainable, True),
+        "name": graph.name, "caption": caption,
         "policy": trainable is not None, "depth": depth, "nodes": nodes,
         "modules": modules, "edges": edges, "error": error,
     }

@@ -213,10 +213,13 @@
     return (layout ? layout.edges : []).filter(function (e) { return e.dst === r; })
       .map(function (e) { return e.src.replace(/^m:/, "") + " " + shape(e.shape); });
   }
+  function known(r) { return r.slice(0, 2) === "m:" ? r.slice(2) in modules : r in nodes; }
   function select(r) {
+    if (!known(r)) return false;
     selected = r;
     var it = layout.items[r] || item(r), d = it.info;
-    var rows = [["path", it.path || "(root)"], ["kind", it.kind], ["type", it.type],
+    var kind = it.kind === "cluster" ? "module (collapsed: + or double-click expands)" : it.kind;
+    var rows = [["path", it.path || "(root)"], ["kind", kind], ["type", it.type],
                 ["inputs", inputs(r).join("\n") || "—"],
                 ["output", (it.shapes || []).map(shape).join(", ") || "—"],
                 ["params", (d.params || 0).toLocaleString()],
@@ -253,6 +256,7 @@
   }
   // Show a node or module (id, or "m:" + module path): expand what hides it, select it.
   function reveal(r) {
+    if (!known(r)) return false;
     var path = r.slice(0, 2) === "m:" ? r.slice(2) : r;
     var scope = r.slice(0, 2) === "m:" ? path.split("/").slice(0, -1).join("/") : nodes[r].scope;
     prefixes(scope).forEach(function (p) { if (p in expanded) expanded[p] = true; });
