@@ -379,3 +379,35 @@ def test_drawn_layers_match_keras(name):
     got = {k: sum(t in ours for t in drawn) for k, (_, ours) in KERAS_KINDS.items()}
     want = {k: sum(t in ref for t in layers) for k, (ref, _) in KERAS_KINDS.items()}
     assert got == want
+
+
+# torchvision module class -> drawn node types (additions and concatenations are functional
+# calls in torchvision, not modules: convolution, pooling and linear layers are counted)
+TORCH_KINDS = {
+    "conv": ({"Conv2d"}, {"Conv", "DepthwiseConv", "SeparableConv"}),
+    "max_pool": ({"MaxPool2d"}, {"max_pool"}),
+    "avg_pool": ({"AvgPool2d"}, {"avg_pool"}),
+    # AdaptiveAvgPool2d(1) is a global average pool; AlexNet's (6) stays adaptive
+    "adaptive_avg_pool": ({"AdaptiveAvgPool2d"}, {"adaptive_avg_pool", "global_avg_pool"}),
+    "linear": ({"Linear"}, {"Dense"}),
+}
+
+
+def _torch_referenced() -> list[str]:
+    return [n for n in zoo.list_models()
+            if re.fullmatch(r"torchvision\.models\.\w+", zoo.spec(n).reference_name or "")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _torch_referenced())
+def test_drawn_layers_match_torchvision(name):
+    """Each torchvision layer module is one drawn node (convolutions, pooling, linear)."""
+    from tests.reference import HAVE_TORCH, torch_model
+
+    if not HAVE_TORCH:
+        pytest.skip("torch/torchvision are not installed (pip install -e '.[parity]')")
+    modules = [type(m).__name__ for m in torch_model(name).modules()]
+    drawn = [n.type for n in traced(name).nodes.values()]
+    got = {k: sum(t in ours for t in drawn) for k, (_, ours) in TORCH_KINDS.items()}
+    want = {k: sum(t in ref for t in modules) for k, (ref, _) in TORCH_KINDS.items()}
+    assert got == want
