@@ -204,7 +204,7 @@ def trace(
     graph = builder.build(name, closed.jaxpr, len(fail["inputs"]), sizes,
                           error=(fail["path"], fail["type"], message))
     raise TraceError(f"{name} failed while tracing, in {where} ({fail['type']}): "
-                     f"{' '.join(message.split())}", graph)
+                     f"{' '.join(message.split())}", graph) from fail["error"]
 
 
 def _resolve(model, input_shape, create_kwargs):
