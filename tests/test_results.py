@@ -78,6 +78,8 @@ def test_evaluate_again_writes_the_same_predictions_and_keeps_other_ones(trained
         report = E.evaluate(workdir, split="validation")
     path = os.path.join(workdir, "predictions_validation.csv")
     assert report["predictions"] == path and os.path.exists(path)
+    grid = os.path.join(workdir, "gradcam_validation.png")  # tiny net: no taps, its stage2
+    assert report["gradcam"] == grid and os.path.getsize(grid) > 1000
     first = open(path).read()
     with registered():
         E.evaluate(workdir, split="validation")

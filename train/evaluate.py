@@ -6,7 +6,8 @@ ROC AUC, confusion matrix; balanced accuracy, PR AUC, the operating point of the
 decision and the threshold reaching ``config.target_sensitivity``, 95% Wilson intervals,
 per-group accuracy when the split is grouped), ``predictions_<name>.csv`` (one row per
 image: file, group, true class, class probabilities, predicted class, correct) and its
-confusion-matrix and ROC PNGs next to it.
+confusion-matrix, ROC, PR, reliability and error-grid PNGs next to it; ``evaluate`` also
+draws ``gradcam_<name>.png`` (:mod:`train.explain`) for a sample of the images.
 """
 
 from __future__ import annotations
@@ -386,6 +387,11 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
     name = split if data == c.data.source else f"{data.partition(':')[2] or data}_{split}"
     report["json"] = write_report(report, probs, y, workdir, name, source=source,
                                   indices=indices, groups=groups)
+    if jax.process_index() == 0 and len(indices):
+        from train import explain  # it reads runs through this module
+
+        report["gradcam"] = explain.sample_grid(run, source, indices, probs, y,
+                                                os.path.join(workdir, f"gradcam_{name}.png"))
     return report
 
 

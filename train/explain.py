@@ -172,3 +172,36 @@ def explain_files(workdir: str, paths: Sequence[str], out_dir: str | None = None
         plots.plot_images(list(shown), titles, os.path.join(out_dir, "grid.png"),
                           "Grad-CAM", overlays=list(cams))
     return [results[p] for p in paths]
+
+
+GRID_SIZE = 12  # images in the evaluation's gradcam_<name>.png
+
+
+def sample_grid(run: dict[str, Any], source: D.Source, indices: np.ndarray,
+                probs: np.ndarray, labels: np.ndarray, path: str, n: int = GRID_SIZE,
+                seed: int = 0) -> str | None:
+    """``gradcam_<name>.png`` of an evaluation: Grad-CAM of the predicted class for the
+    most confident mistakes (up to half the grid) and a fixed random sample of the other
+    images, each titled true / predicted / probability. The path, or None when the model
+    has no layer to explain (said in the log)."""
+    from train import metrics
+
+    wrong = list(metrics.confident_mistakes(probs, labels, n // 2))
+    rest = np.setdiff1d(np.arange(len(indices)), wrong)
+    pick = wrong + list(np.random.default_rng(seed).permutation(rest)[: n - len(wrong)])
+    if not pick:
+        return None
+    names = run["class_names"]
+    try:
+        shown, cams, _ = explain_images("", [source.image(indices[i]) for i in pick],
+                                        run=run, classes=probs[pick].argmax(-1))
+    except (ValueError, WorkdirError) as e:
+        import logging
+
+        logging.getLogger(__name__).warning("no Grad-CAM grid: %s", e)
+        return None
+    titles = [f"true {names[labels[i]]}\npred {names[int(probs[i].argmax())]} "
+              f"{probs[i].max():.3f}" for i in pick]
+    plots.plot_images(list(shown), titles, path, "Grad-CAM of the predicted class "
+                      f"({len(wrong)} mistakes first)", overlays=list(cams))
+    return path

@@ -223,7 +223,7 @@ def plot_images(images: Sequence[np.ndarray], titles: Sequence[str], path: str |
         return None
     cols = min(cols, n)
     rows = -(-n // cols)
-    fig, axes = _new(2.2 * cols, 2.5 * rows + (0.4 if suptitle else 0), cols, rows)
+    fig, axes = _new(2.2 * cols, 2.9 * rows + (0.5 if suptitle else 0), cols, rows)
     if fig is None:
         return None
     for i, ax in enumerate(axes.ravel()):
