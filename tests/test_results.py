@@ -80,6 +80,7 @@ def test_evaluate_again_writes_the_same_predictions_and_keeps_other_ones(trained
     assert report["predictions"] == path and os.path.exists(path)
     grid = os.path.join(workdir, "gradcam_validation.png")  # tiny net: no taps, its stage2
     assert report["gradcam"] == grid and os.path.getsize(grid) > 1000
+    assert ("validation/gradcam", "image") in _events(workdir)
     first = open(path).read()
     with registered():
         E.evaluate(workdir, split="validation")
@@ -328,3 +329,35 @@ def test_every_classifier_has_a_gradcam_layer():
     found = {n: _gradcam_layer(n) for n in _classifiers()}
     assert all(t and not t.startswith("head") for t in found.values()), found
     assert found["densenet121"] == "post_bn" and found["resnet50v2"] == "post_bn"
+
+
+def _events(workdir):
+    """(tag, kind) of every value in the workdir's TensorBoard event files (TFRecord)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    folder = os.path.join(workdir, "tensorboard")
+    found = set()
+    for name in os.listdir(folder):
+        data = open(os.path.join(folder, name), "rb").read()
+        at = 0
+        while at + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
+            at += 12 + n + 4
+            for v in event.summary.value:
+                found.add((v.tag, v.WhichOneof("value")))
+    return found
+
+
+def test_tensorboard_has_learning_rate_config_and_pictures(trained):
+    workdir, _ = trained
+    found = _events(workdir)
+    tags = {t for t, _ in found}
+    assert "train_step/learning_rate" in tags
+    assert not any(t.endswith("/epoch") for t in tags)  # no noise tags
+    assert any(t.startswith("config") for t in tags)  # the config as text
+    assert ("test/errors", "image") in found or not any(
+        r["correct"] == "0" for r in _rows(os.path.join(workdir, "predictions_test.csv")))
+    assert ("test/confusion", "image") in found

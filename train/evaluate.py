@@ -28,7 +28,7 @@ import numpy as np
 import zoo
 from train import checkpoint as C
 from train import data as D
-from train import device, metrics, plots
+from train import device, logs, metrics, plots
 from train import model as M
 from train import splits as S
 from train import step as T
@@ -115,7 +115,7 @@ def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: s
     file names (else the row number). A previous ``eval_<name>.json`` or
     ``predictions_<name>.csv`` with other contents is kept (``eval_<name>.<n>.json``).
     """
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "eval"
+    name = safe_name(name)
     path = os.path.join(workdir, f"eval_{name}.json")
     keys = None
     if source is not None and indices is not None:
@@ -170,7 +170,11 @@ def write_plots(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: st
              f"{probs[i].max():.3f}" for i in worst], path("errors"),
             f"the {len(worst)} most confident mistakes of {int(np.sum(probs.argmax(-1) != labels))}"
             if len(worst) else "")
-    return {kind: fig for kind, fig in figures.items() if fig is not None}
+    drawn = {kind: fig for kind, fig in figures.items() if fig is not None}
+    step = re.search(r"step (\d+)", str(report.get("checkpoint", "")))
+    logs.add_figures(workdir, {f"{name}/{k}": drawn[k] for k in ("errors", "confusion")
+                               if k in drawn}, int(step.group(1)) if step else 0)
+    return drawn
 
 
 def _short(key: str, n: int = 24) -> str:
@@ -221,6 +225,11 @@ def read_predictions(path: str) -> list[dict[str, str]]:
     """The rows of a ``predictions_<name>.csv``."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def safe_name(name: str) -> str:
+    """A result name fit for a file name (``folder:/a/b`` -> ``a_b``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "eval"
 
 
 def _json_safe(x: Any) -> Any:
@@ -391,7 +400,8 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
         from train import explain  # it reads runs through this module
 
         report["gradcam"] = explain.sample_grid(run, source, indices, probs, y,
-                                                os.path.join(workdir, f"gradcam_{name}.png"))
+                                                os.path.join(workdir,
+                                                             f"gradcam_{safe_name(name)}.png"))
     return report
 
 

@@ -202,6 +202,11 @@ def sample_grid(run: dict[str, Any], source: D.Source, indices: np.ndarray,
         return None
     titles = [f"true {names[labels[i]]}\npred {names[int(probs[i].argmax())]} "
               f"{probs[i].max():.3f}" for i in pick]
-    plots.plot_images(list(shown), titles, path, "Grad-CAM of the predicted class "
-                      f"({len(wrong)} mistakes first)", overlays=list(cams))
+    fig = plots.plot_images(list(shown), titles, path, "Grad-CAM of the predicted class "
+                            f"({len(wrong)} mistakes first)", overlays=list(cams))
+    from train import logs
+
+    stem = os.path.splitext(os.path.basename(path))[0].removeprefix("gradcam_")
+    logs.add_figures(os.path.dirname(path), {f"{stem}/gradcam": fig} if fig else {},
+                     int(np.asarray(run["state"].step)))
     return path

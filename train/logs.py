@@ -73,6 +73,11 @@ class History:
                                     purge_step=resume_step or None)
         except ImportError:
             log.warning("tensorboardX is not installed: no TensorBoard events are written")
+            return
+        config = os.path.join(workdir, "config.json")
+        if os.path.exists(config) and not resume_step:  # the run's config, as text
+            with open(config) as f:
+                self.tb.add_text("config", "```\n" + f.read() + "\n```", 0)
 
     def write(self, step: int, split: str, metrics: dict[str, Any], **extra: Any) -> None:
         """One row: ``{'step', 'split', **extra, **metrics}``; scalars go to TensorBoard."""
@@ -86,7 +91,8 @@ class History:
         self._write_csv()
         if self.tb is not None:
             for k, v in row.items():
-                if isinstance(v, int | float) and k not in ("step",):
+                if isinstance(v, int | float) and not isinstance(v, bool) and k not in (
+                        "step", "epoch"):
                     self.tb.add_scalar(f"{split}/{k}", v, step)
             self.tb.flush()
 
@@ -101,6 +107,26 @@ class History:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def add_figures(workdir: str, figures: dict[str, Any], step: int = 0) -> None:
+    """Matplotlib figures as images in the workdir's TensorBoard events (tag: the key),
+    rendered with the Agg canvas (no pyplot)."""
+    if not figures:
+        return
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return
+    import numpy as np
+
+    with SummaryWriter(os.path.join(workdir, "tensorboard")) as tb:
+        for tag, fig in figures.items():
+            canvas = FigureCanvasAgg(fig)
+            canvas.draw()
+            image = np.asarray(canvas.buffer_rgba())[..., :3]
+            tb.add_image(tag, image, step, dataformats="HWC")
 
 
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
