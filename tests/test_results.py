@@ -206,6 +206,16 @@ def test_evaluate_and_predict_commands_are_quiet(trained):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"{image}\t") and len(proc.stdout.splitlines()) == 1
     assert proc.stderr.strip() == "", proc.stderr[:2000]
+    out = os.path.join(workdir, "my_predictions.csv")
+    proc = _script("predict", "--workdir", workdir, "--out", out, image, "/no/such.png")
+    assert proc.returncode == 2 and "/no/such.png" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("1 images: parasitized ")
+    assert lines[0].endswith("; 1 unreadable") and lines[1] == f"per image: {out}"
+    rows = _rows(out)
+    assert [r["file"] for r in rows] == [image, "/no/such.png"]
+    assert rows[0]["predicted"] in ("parasitized", "uninfected") and rows[1]["error"]
+    assert float(rows[0]["p_parasitized"]) + float(rows[0]["p_uninfected"]) == pytest.approx(1)
 
 
 def test_evaluation_restores_only_the_model_variables(trained):

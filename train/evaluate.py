@@ -221,6 +221,26 @@ def _write_text_result(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_predictions(results: Sequence[dict[str, Any]], path: str) -> str:
+    """:func:`predict`'s results as a CSV (``file``, ``predicted``, ``p_<class>``...,
+    ``error``); a previous file with other contents is kept. One summary line back."""
+    names = next((list(r["probabilities"]) for r in results if "probabilities" in r), [])
+    buf = [["file", "predicted", *[f"p_{n}" for n in names], "error"]]
+    for r in results:
+        probs = r.get("probabilities", {})
+        buf.append([r["path"], r.get("class", ""), *[f"{probs[n]:.6f}" if n in probs else ""
+                                                      for n in names], r.get("error", "")])
+    import io
+
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(buf)
+    _write_text_result(path, text.getvalue())
+    counts = {n: sum(r.get("class") == n for r in results) for n in names}
+    bad = sum("error" in r for r in results)
+    return (f"{len(results) - bad} images: " + ", ".join(f"{n} {c}" for n, c in counts.items())
+            + (f"; {bad} unreadable" if bad else ""))
+
+
 def read_predictions(path: str) -> list[dict[str, str]]:
     """The rows of a ``predictions_<name>.csv``."""
     with open(path, newline="") as f:
@@ -396,7 +416,7 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
     name = split if data == c.data.source else f"{data.partition(':')[2] or data}_{split}"
     report["json"] = write_report(report, probs, y, workdir, name, source=source,
                                   indices=indices, groups=groups)
-    if jax.process_index() == 0 and len(indices):
+    if len(indices):  # every process runs the model (its state spans them); one writes
         from train import explain  # it reads runs through this module
 
         report["gradcam"] = explain.sample_grid(run, source, indices, probs, y,

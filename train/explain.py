@@ -202,6 +202,8 @@ def sample_grid(run: dict[str, Any], source: D.Source, indices: np.ndarray,
         return None
     titles = [f"true {names[labels[i]]}\npred {names[int(probs[i].argmax())]} "
               f"{probs[i].max():.3f}" for i in pick]
+    if jax.process_index() != 0:  # the others ran the model with it; the first writes
+        return path
     fig = plots.plot_images(list(shown), titles, path, "Grad-CAM of the predicted class "
                             f"({len(wrong)} mistakes first)", overlays=list(cams))
     from train import logs
