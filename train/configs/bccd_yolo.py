@@ -1,13 +1,22 @@
 """BCCD blood-cell detection (RBC, WBC, Platelets): YOLOv3 neck and head on an ImageNet
 MobileNetV2-0.35, fine-tuned on 205 images, evaluated on the 87 of ``val``.
 
-  python -m scripts.train --config train/configs/bccd_yolo.py --workdir /tmp/bccd_yolo
-  python -m scripts.evaluate --workdir /tmp/bccd_yolo --data voc:../shared/data/bccd --split val
-  python -m scripts.detect --workdir /tmp/bccd_yolo ../shared/data/bccd/JPEGImages/X.jpg --out DIR
+  transfer-zoo train --config bccd_yolo --workdir /tmp/bccd_yolo
+  transfer-zoo evaluate --workdir /tmp/bccd_yolo --split test
+  transfer-zoo detect --workdir /tmp/bccd_yolo IMAGE.jpg --out DIR
 
-The backbone's weights come from the shared Keras file (``config.init``); its batch norm
-keeps the ImageNet statistics (Detectron-style frozen BN, ``policy``) while every
-parameter trains. Anchors by k-means on the training boxes at 320x416.
+Online, the defaults download what they need once (verified, cached): the BCCD_Dataset
+repository at a pinned commit (``data.source='bccd'``: its own train/val/test split,
+``train/public.py``) and the Keras ImageNet weights of MobileNetV2-0.35 (``init='imagenet'``).
+Offline, point them at local copies; the figures below were measured with the development
+machines' copies:
+
+  python -m scripts.train --config bccd_yolo --workdir /tmp/bccd_yolo \
+      --config.data.source=voc:../shared/data/bccd \
+      --config.init=../shared/weights/keras_mobilenet_v2_0.35_224_imagenet_backbone_in_model.h5
+
+The backbone's batch norm keeps the ImageNet statistics (Detectron-style frozen BN,
+``policy``) while every parameter trains. Anchors by k-means on the training boxes at 320x416.
 
 Expected (BENCHMARKS.md): validation VOC mAP@0.5 0.845 on main (RBC 0.829, WBC 0.990,
 Platelets 0.716), COCO AP 0.441, after 1,000 steps (0.848 on the branch that introduced
@@ -17,8 +26,6 @@ is shared. ``tests/test_recipes.py`` guards a 150-step version (mAP@0.5 0.486 me
 
 from train.configs import base
 
-WEIGHTS = "../shared/weights/keras_mobilenet_v2_0.35_224_imagenet_backbone_in_model.h5"
-
 
 def get_config():
     """yolo_mobilenetv2 (alpha 0.35), 2 scales, 320x416 letterbox, bf16 compute."""
@@ -27,11 +34,11 @@ def get_config():
     c.model.backbone_options = (("alpha", 0.35),)
     c.model.widths = (128, 64)  # two scales, strides 32 and 16 (cells here are >= 20 px)
     c.model.bn_momentum = 0.9  # the new neck's BN statistics settle within ~50 steps
-    c.init = WEIGHTS
+    c.init = "imagenet"  # the backbone's Keras ImageNet weights
     # everything trains; backbone BN layers run on their ImageNet statistics
     c.policy = r"regex:^(?!backbone/.*/mean$)"
     c.backbone_lr_scale = 1.0  # the neck is new: it trains at the full rate too
-    c.data.source = "voc:../shared/data/bccd"
+    c.data.source = "bccd"  # the public BCCD_Dataset, downloaded once (or voc:<folder>)
     c.data.image_size = 320
     c.detection.image_width = 416
     c.detection.classes = ("RBC", "WBC", "Platelets")
