@@ -7,9 +7,9 @@ Re-running a command on its workdir resumes the run only with the same config, a
 the keys that change how it reports, checkpoints and reads its data, never what it
 computes (``train.workdir.RESUMABLE``: progress, log_every_steps, checkpoint_every_steps,
 keep_checkpoints, num_devices, features_dir, data.workers/processes/prefetch/cache/
-cache_mb/download/tfds_data_dir). Anything else (epochs included: the learning-rate
-schedule spans them) is refused; use a new workdir (``--config.init=<old workdir>`` to go
-on from it) or ``--overwrite``.
+cache_mb/download/tfds_data_dir, target_sensitivity). Anything else (epochs included: the
+learning-rate schedule spans them) is refused; use a new workdir
+(``--config.init=<old workdir>`` to go on from it) or ``--overwrite``.
 """
 
 from __future__ import annotations
