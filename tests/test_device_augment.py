@@ -115,3 +115,13 @@ def test_the_device_augmentation_lowers_for_accelerators(platform):
                    jax.ShapeDtypeStruct((8,), jnp.uint32)).lower(
         lowering_platforms=(platform,)).as_text()
     assert "custom_call" not in text
+
+
+def test_device_on_with_nothing_to_augment_trains_plainly(tiny, tmp_path):
+    from train.pipeline import Augment as Aug
+
+    off = {f"data.augment.{f}": Aug.__dataclass_fields__[f].default
+           for f in Aug.__dataclass_fields__ if f != "device"}
+    config = tiny_config(**{"data.augment.device": True, "epochs": 1, **off})
+    report = loop.train_and_evaluate(config, str(tmp_path))  # no 'augment_seed' asked for
+    assert 0.0 <= report["accuracy"] <= 1.0

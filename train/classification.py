@@ -87,7 +87,8 @@ def setup(config, workdir: str, mesh) -> Task:
     model, variables = build(config, len(names))
     norm, key = spec.normalize, "image"
     aug = Augment.from_config(config.data.augment)
-    on_device = functools.partial(device_augment.apply, aug=aug) if aug.device else None
+    on_device = (functools.partial(device_augment.apply, aug=aug) if aug.device and aug.active
+                 else None)  # the loader hands seeds only when something augments
     why_not = FE.unavailable(config, variables["params"])
     if why_not is None:
         log.info("%s", FE.describe(config, sum(len(v) for v in splits.values())))

@@ -89,7 +89,7 @@ def gradcam(model: nn.Module, variables: dict[str, Any], images: jax.Array,
         raise ValueError(f"{type(model).__name__} has no submodule {tap!r}: give a module path "
                          "of the network (e.g. a feature tap of its ModelSpec)")
 
-    def score(delta, cls):
+    def score(delta, v, x, cls):
         kept = {}
 
         def add(out):
@@ -97,13 +97,14 @@ def gradcam(model: nn.Module, variables: dict[str, Any], images: jax.Array,
             return out + delta.astype(out.dtype)
 
         with nn.intercept_methods(_at(tap, add)):
-            logits = model.apply(variables, images, train=False).astype(jnp.float32)
+            logits = model.apply(v, x, train=False).astype(jnp.float32)
         return jnp.sum(jnp.take_along_axis(logits, cls[:, None], 1)), (kept["a"], logits)
 
+    # the weights and images are arguments, not constants folded into the compiled program
     @jax.jit
-    def run(cls):
+    def run(v, x, cls):
         zero = jnp.zeros(caught["shape"].shape, jnp.float32)
-        grads, (feats, logits) = jax.grad(score, has_aux=True)(zero, cls)
+        grads, (feats, logits) = jax.grad(score, has_aux=True)(zero, v, x, cls)
         weights = grads.mean(axis=(1, 2), keepdims=True)  # [N, 1, 1, C]
         cam = jax.nn.relu(jnp.sum(weights * feats.astype(jnp.float32), -1))  # [N, h, w]
         cam = jax.image.resize(cam, (cam.shape[0], *images.shape[1:3]), "bilinear")
@@ -111,9 +112,9 @@ def gradcam(model: nn.Module, variables: dict[str, Any], images: jax.Array,
         return jnp.where(top > 0, cam / jnp.where(top > 0, top, 1), 0.0), jax.nn.softmax(logits)
 
     if classes is None:
-        logits = jax.jit(lambda x: model.apply(variables, x, train=False))(images)
+        logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
         classes = np.asarray(jnp.argmax(logits, -1))
-    cams, probs = run(jnp.asarray(classes, jnp.int32))
+    cams, probs = run(variables, images, jnp.asarray(classes, jnp.int32))
     return np.asarray(cams), np.asarray(probs)
 
 

@@ -142,7 +142,7 @@ class Loader:
     ``mp_prefetch``), which scale with the cores because decoding and augmentation hold
     Python's lock much of the time; the workers live across epochs and nothing is cached
     (each decodes what it serves). ``processes=-1`` picks: one per core beyond the first
-    two, at most 8 (0 on a machine of 2 or 3 cores). Both give the same batches: an
+    two, at most 8 (none on 2 cores, 1 on 3). Both give the same batches: an
     example is a function of ``(seed, epoch, index)`` alone.
     """
 
@@ -266,9 +266,17 @@ class BatchMaker:
     local: slice
     per_epoch: int
 
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's order, computed once per epoch in each worker (not per batch)."""
+        if not self.train:
+            return self.indices  # evaluation: every epoch is the same
+        if getattr(self, "_order", (None,))[0] != epoch:
+            self._order = (epoch, epoch_order(self.indices, self.seed, epoch))
+        return self._order[1]
+
     def __call__(self, g: int) -> dict[str, np.ndarray]:
-        epoch, k = divmod(int(g), self.per_epoch)  # evaluation: every epoch is the same
-        order = epoch_order(self.indices, self.seed, epoch) if self.train else self.indices
+        epoch, k = divmod(int(g), self.per_epoch)
+        order = self.order(epoch)
         idx, mask = batch_indices(order, self.batch_size, k, self.local)
         examples = []
         for i in idx:

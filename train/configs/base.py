@@ -79,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.cache_mb = 2048  # ... up to this many MiB (~14,000 images at 224 px)
     c.data.workers = 2  # decoding / augmentation threads (and folder-scan threads)
     # Worker processes for decoding / augmentation (grain); 0 = the threads above, in this
-    # process; -1 = one per core beyond two, at most 8 (0 on 2-3 cores).
+    # process; -1 = one per core beyond two, at most 8 (none on 2 cores, 1 on 3).
     c.data.processes = -1
     c.data.prefetch = 2  # batches prepared ahead, and copied onto the devices ahead
     c.data.augment = ml_collections.ConfigDict(
