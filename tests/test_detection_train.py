@@ -182,3 +182,11 @@ def test_detection_recipes_build(recipe):
     x = jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)
     out = jax.eval_shape(lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x), x)
     assert [o.shape[1:3] for o in out] == [(hw[0] // s, hw[1] // s) for s in (32, 16, 8)[:n]]
+
+
+def test_device_augmentation_is_refused_for_detectors():
+    from train.detection.data import open_detection_source
+
+    c = tiny_config(**{"data.augment.device": True})
+    with pytest.raises(ValueError, match="augment.device is for classifiers"):
+        B.loader(c, open_detection_source("shapes", shapes_size=8), train=True)

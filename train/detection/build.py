@@ -177,6 +177,9 @@ def make_eval_step(model, spec, config):
 def loader(config, source, train: bool, batch_size: int | None = None) -> DetectionLoader:
     """A detection loader of a whole source with the config's size and augmentation."""
     d, det = config.data, config.detection
+    if d.augment.get("device", False):
+        raise ValueError("config.data.augment.device is for classifiers: a detector's "
+                         "augmentation moves its boxes on the host; unset it")
     aug = None
     if train:
         a = d.augment
