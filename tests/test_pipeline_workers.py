@@ -87,3 +87,16 @@ def test_a_source_that_fails_names_itself(processes):
     with pytest.raises(Exception, match="cannot read example"):
         list(Loader(bad, np.arange(16), batch_size=8, image_size=24,
                     processes=processes).epoch(0))
+
+
+def test_close_stops_the_worker_processes():
+    import multiprocessing
+
+    src = D.synthetic_source(16, seed=0)
+    loader = Loader(src, np.arange(16), batch_size=8, image_size=16, processes=1)
+    list(loader.epoch(0))
+    assert multiprocessing.active_children()  # the stream's worker waits for the next pass
+    loader.close()
+    assert not multiprocessing.active_children()
+    assert len(list(loader.epoch(0))) == 2  # asked again, it starts new ones
+    loader.close()

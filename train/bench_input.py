@@ -72,7 +72,7 @@ def loader_rates(source_spec: str | None = None, *, images: int = 512, image_siz
                          images_per_s=_rate(loader.epoch(0), batch, skip_first=True)))
         rows.append(dict(mode="processes", workers=p, epoch="second (decode)",
                          images_per_s=_rate(loader.epoch(1), batch)))
-        loader._live = None  # stop the workers before the next count starts its own
+        loader.close()  # its workers stop before the next count starts its own
     return rows
 
 

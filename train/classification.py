@@ -108,6 +108,8 @@ def setup(config, workdir: str, mesh) -> Task:
         split = "test" if len(splits["test"]) else "validation"
         loader = loaders.get(split) or make_loader(config, source, splits[split], train=False)
         probs, labels = E.predict_loader(eval_fn, state, loader, mesh)
+        for done in {id(x): x for x in (*loaders.values(), loader)}.values():
+            getattr(done, "close", lambda: None)()  # the run's last pass: workers stop
         groups = E.split_groups(config, source, splits[split])
         report = E.classification(probs, labels, names, config.positive_class,
                                   data=f"{config.data.source} ({split} split)",

@@ -39,10 +39,15 @@ from train.pipeline import Loader
 log = logging.getLogger(__name__)
 
 
-def predict_loader(eval_fn, state: T.TrainState, loader: Loader, mesh) -> tuple[np.ndarray, ...]:
+def predict_loader(eval_fn, state: T.TrainState, loader: Loader, mesh, *, close: bool = False
+                   ) -> tuple[np.ndarray, ...]:
     """``(probabilities [N, K], labels [N])`` over a loader, padding removed (one fetch at
-    the end: ``train.device.predict``)."""
-    probs, kept = device.predict(eval_fn, state, loader.epoch(0), mesh, keep=("label",))
+    the end: ``train.device.predict``); ``close``: stop the loader's worker processes after."""
+    try:
+        probs, kept = device.predict(eval_fn, state, loader.epoch(0), mesh, keep=("label",))
+    finally:
+        if close:
+            loader.close()
     return probs, kept["label"]
 
 
@@ -339,11 +344,13 @@ def restore_model_variables(directory: str) -> tuple[int, dict[str, Any]]:
     raise FileNotFoundError(f"no checkpoint in {directory}")
 
 
-def _loader(run: dict, source: D.Source, indices: np.ndarray) -> Loader:
+def _loader(run: dict, source: D.Source, indices: np.ndarray,
+            processes: int | None = None) -> Loader:
     c, n = run["config"], run["mesh"].devices.size
+    processes = c.data.get("processes", 0) if processes is None else processes
     return Loader(source, indices, batch_size=-(-c.batch_size // n) * n,
                   image_size=c.data.image_size, workers=c.data.workers, cache=False,
-                  prefetch=c.data.get("prefetch", 2), processes=c.data.get("processes", 0))
+                  prefetch=c.data.get("prefetch", 2), processes=processes)
 
 
 # splits.json "info" entries and the config keys they were made from
@@ -407,7 +414,7 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
         split, indices = "all", np.arange(len(source))
     source = D.Source(source.spec, class_names, labels, source.keys, source.load)
     probs, y = predict_loader(run["eval_fn"], run["state"], _loader(run, source, indices),
-                              run["mesh"])
+                              run["mesh"], close=True)
     pos = positive_class if positive_class is not None else c.positive_class
     groups = split_groups(c, source, indices)
     report = classification(probs, y, class_names, pos, data=f"{data} ({split} split{how})"
@@ -451,8 +458,10 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best") -> list[dic
     if good:
         source = D.Source("files", names, np.zeros(len(good), np.int32), good,
                           lambda i: images[good[i]])
+        # a few files: this process's threads (no worker processes, nothing pickled)
         probs, _ = predict_loader(run["eval_fn"], run["state"],
-                                  _loader(run, source, np.arange(len(good))), run["mesh"])
+                                  _loader(run, source, np.arange(len(good)), processes=0),
+                                  run["mesh"], close=True)
         done = {p: {"path": p, "class": names[int(q.argmax())], "probability": float(q.max()),
                     "probabilities": dict(zip(names, map(float, q), strict=True))}
                 for p, q in zip(good, probs, strict=True)}

@@ -125,8 +125,11 @@ def compute(config, variables: dict, source: Source, indices: np.ndarray, mesh) 
     fn = T.jit_eval(features, mesh)
     v = T.replicate(backbone_variables(variables), mesh)
     bar = logs.progress(len(indices), 0, "features", config.progress)
-    feats, _ = device.predict(fn, v, loader.epoch(0), mesh,
-                              on_batch=lambda b: bar.update(int(b["mask"].sum())))
+    try:
+        feats, _ = device.predict(fn, v, loader.epoch(0), mesh,
+                                  on_batch=lambda b: bar.update(int(b["mask"].sum())))
+    finally:
+        loader.close()  # one pass: its worker processes (if any) stop now
     bar.close()
     return feats
 

@@ -167,6 +167,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fa
     finally:
         ckpt.wait()
         run.history.close()
+        getattr(task.train_loader, "close", lambda: None)()  # its worker processes, if any
     if jax.process_index() == 0:
         plots.plot_history(logs.read_history(workdir), os.path.join(workdir, "curves.png"),
                            keys=task.curves)

@@ -203,6 +203,7 @@ class Loader:
         goes on from there (an evaluation loader's passes are all alike: epoch 0)."""
         per_epoch, epoch = len(self), epoch if self.train else 0
         if self._live is None or self._live[0] != (epoch, start):
+            self.close()  # a stream at another position: its workers stop
             self._live = ((epoch, start), worker_batches(self, epoch * per_epoch + start))
         batches = self._live[1]
         self._live = None  # until the next batch is in hand, the stream's position is unsure
@@ -213,6 +214,12 @@ class Loader:
             yield batch
             self._live = None
         self._live = (nxt, batches) if per_epoch > start else None
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (asked again, the loader starts new ones)."""
+        live, self._live = self._live, None
+        if live is not None:
+            live[1].close()
 
 
 def with_seeds(batch: dict, aug: Augment | None, seed: int, epoch: int, idx: np.ndarray) -> dict:
