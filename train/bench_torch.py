@@ -5,26 +5,12 @@ channels_last (the layout is recorded beside the times)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from train.bench import _time  # the same median of timed runs as ours
 
 TORCH_NAMES = {"resnet50": "resnet50", "mobilenetv2": "mobilenet_v2",
                "densenet121": "densenet121", "resnet18": "resnet18", "vgg16": "vgg16",
                "inception_v3": "inception_v3", "alexnet": "alexnet",
                "squeezenet1_1": "squeezenet1_1"}
-
-
-def _median(fn: Callable[[], None], warmup: int, repeats: int) -> float:
-    import statistics
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench_torch(name: str, batch: int, warmup: int, repeats: int, modes=("infer", "train"),
@@ -57,7 +43,7 @@ def bench_torch(name: str, batch: int, warmup: int, repeats: int, modes=("infer"
                     opt.zero_grad(set_to_none=True)
                     loss_fn(model(x), y).backward()
                     opt.step()
-            seconds = _median(run, warmup, repeats)
+            seconds = _time(run, warmup, repeats)
             if best is None or seconds < best[0]:
                 best = (seconds, "channels_last" if layout is torch.channels_last else "NCHW")
         yield mode, best[0]
