@@ -31,6 +31,9 @@ def test_predictions_csv_one_row_per_test_image(trained):
     workdir, report = trained
     path = os.path.join(workdir, "predictions_test.csv")
     assert report["predictions"] == path
+    # the JSON names it relative to the run directory: a copied run writes the same JSON
+    saved = json.load(open(os.path.join(workdir, "eval_test.json")))
+    assert saved["predictions"] == "predictions_test.csv"
     rows = _rows(path)
     splits = json.load(open(os.path.join(workdir, "splits.json")))
     assert [r["file"] for r in rows] == splits["files"]["test"]

@@ -114,7 +114,9 @@ def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: s
                  indices: np.ndarray | None = None,
                  groups: Sequence[str] | None = None) -> str:
     """Write ``eval_<name>.json``, ``predictions_<name>.csv``, ``confusion_<name>.png``,
-    ``roc_<name>.png``; the JSON path. ``report['predictions']`` names the CSV.
+    ``roc_<name>.png``; the JSON path. ``report['predictions']`` is the CSV's path; the JSON
+    names it by file name (relative to the JSON's folder), so a run directory that is moved
+    or copied, or redone elsewhere, writes the same JSON.
 
     ``source`` and ``indices`` (the examples ``probs`` are of, in order) give the CSV its
     file names (else the row number). A previous ``eval_<name>.json`` or
@@ -133,7 +135,7 @@ def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: s
     if jax.process_index() == 0:
         _write_text_result(csv_path, prediction_rows(probs, labels, report["class_names"],
                                                      keys, groups))
-        W.write_result(path, _json_safe(report))
+        W.write_result(path, _json_safe({**report, "predictions": os.path.basename(csv_path)}))
         write_plots(report, probs, labels, workdir, name, source=source, indices=indices)
     return path
 
