@@ -40,6 +40,28 @@ def _known_model(name: str | None) -> bool:
     return True
 
 
+class _quiet_threads:
+    """``sys.excepthook``/``sys.unraisablehook`` that print an exception raised outside the
+    main thread (a native library's callback thread: tensorstore's, when orbax's event loop
+    has already closed after a failed write) as one warning line, and nothing once the error
+    line is out; the main thread's exceptions keep their traceback."""
+
+    ended = False
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __call__(self, *args):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            return self.hook(*args)
+        kind, value = (args[0].exc_type, args[0].exc_value) if len(args) == 1 else args[:2]
+        if not _quiet_threads.ended:
+            print(f"warning: a background thread failed: {kind.__name__}: {value}",
+                  file=sys.stderr)
+
+
 def check_model_flag(name: str = "model") -> None:
     """Validate flag ``name`` as a registered model (unset passes: mark it required)."""
     flags.register_validator(name, _known_model)
@@ -154,7 +176,11 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
             line = explain(e)
             if line is None or FLAGS.verbose:
                 raise
-            print(f"error: {line}", file=sys.stderr)
+            # the process is ending: what libraries' threads say from now on is noise (orbax's
+            # unfinished writes after a full disk), so the error stays the last line
+            logging.disable(logging.CRITICAL)
+            _quiet_threads.ended = True
+            print(f"error: {line}", file=sys.stderr, flush=True)
             return 2
 
     if not _verbose(sys.argv if argv is None else argv):
@@ -164,4 +190,6 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
         # libraries' background threads (orbax) log their failures with tracebacks before
         # the error reaches this process's main thread: their message lines are enough
         absl_logging.get_absl_handler().addFilter(_no_traceback)
+        sys.excepthook = _quiet_threads(sys.excepthook)
+        sys.unraisablehook = _quiet_threads(sys.unraisablehook)
     app.run(wrapped, argv=argv, flags_parser=_parse)
