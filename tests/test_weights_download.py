@@ -151,3 +151,33 @@ def test_convert_script_writes_a_checkpoint_once(r50, tmp_path):
     np.testing.assert_equal(v["batch_stats"], variables["batch_stats"])
     run_script("convert", *args, "--overwrite")
     np.testing.assert_equal(zoo.pretrained.load("resnet50", path=out), variables)
+
+
+SHARED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              os.pardir, "shared", "weights")
+
+
+def test_mobilenet_v1_digests_are_pinned_and_the_real_file_verifies(tmp_path):
+    """Every MobileNet v1 file has the SHA-256 Keras publishes; the official 0.25 file in
+    ../shared/weights verifies against it (as a cache put there by hand), a changed copy
+    does not."""
+    spec = zoo.spec("mobilenet")
+    for alpha in (0.25, 0.5, 0.75, 1.0):
+        for size in (128, 160, 192, 224):
+            for top in (True, False):
+                f = spec.weights(include_top=top, alpha=alpha, size=size)
+                assert f.sha256 and len(f.sha256) == 64, f.filename
+    f = spec.weights(include_top=False, alpha=0.25, size=224)
+    assert f.filename == "mobilenet_2_5_224_tf_no_top.h5"
+    if not os.path.exists(os.path.join(SHARED_WEIGHTS, f.filename)):
+        pytest.skip("../shared/weights is not beside the checkout")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "has no published digest" warning
+        assert download.fetch(f, cache=SHARED_WEIGHTS).name == f.filename
+    data = bytearray(open(os.path.join(SHARED_WEIGHTS, f.filename), "rb").read())
+    data[len(data) // 2] ^= 1
+    (tmp_path / f.filename).write_bytes(bytes(data))
+    with pytest.raises(download.WeightsUnavailableError, match="Delete it to download again"):
+        download.fetch(f, cache=tmp_path)

@@ -12,7 +12,42 @@ TORCH = "https://download.pytorch.org/models/"
 
 # Full SHA-256 digests by file name; they take precedence over the digests the specs name.
 # Fill in from a trusted download: `python -m zoo.weights.download FILE` prints it.
-SHA256: dict[str, str] = {}
+# MobileNet v1: the digests Keras publishes (``WEIGHTS_HASHES`` of
+# keras/src/applications/mobilenet.py, Keras 3), key ``<alpha>_<size>`` as in the file name.
+SHA256: dict[str, str] = {
+    "mobilenet_2_5_128_tf.h5": "fe295db7f78635f1403127e3ba8cdc6237f83262bdb745063a67c1d81190c7f8",
+    "mobilenet_2_5_128_tf_no_top.h5": "7d8b7f3c9555cb4579f9659ee233a540e66fd7ad514c0a8b14493b667447c5d6",
+    "mobilenet_2_5_160_tf.h5": "74b32700eb3f6fb8d0b3f416c3fb52ab5eca35dc82393341eb7bb52676b6b003",
+    "mobilenet_2_5_160_tf_no_top.h5": "c2f18432229c945b816f8b9f9cfa40d2964454b033efea804f6cd03942865bd4",
+    "mobilenet_2_5_192_tf.h5": "22a302e8a39e545c7372ca96fe8698e3cbbc7d3906f60316e0617c15616f8894",
+    "mobilenet_2_5_192_tf_no_top.h5": "4b7370b9880577f12f31942049d19610a4559c8af38f39dc67d1f90ec9663aa1",
+    "mobilenet_2_5_224_tf.h5": "98d047950e59f478af63681720906940efc8ce8cecb95bce5c7b47394f8bd63d",
+    "mobilenet_2_5_224_tf_no_top.h5": "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf",
+    "mobilenet_5_0_128_tf.h5": "26752cdb9ab8459c85fb4cd0f45475bbd3bd25f9225b87bbedd474f5976da145",
+    "mobilenet_5_0_128_tf_no_top.h5": "7f9871530e19990a9a180626566fcc32fb487c70880306592cae219d67179635",
+    "mobilenet_5_0_160_tf.h5": "71c742137645f19426ea3540bb2933310b0a5f2d3a2d09ee1aea91e348f6fba7",
+    "mobilenet_5_0_160_tf_no_top.h5": "7b15a4d22079138dd889a78cdea8d921a3b73cf7d313ff12f23634c4f71bcace",
+    "mobilenet_5_0_192_tf.h5": "fabfe055bd26ea40c1c0798c4e22fe1eb437feab111be9f1f722360dff81e040",
+    "mobilenet_5_0_192_tf_no_top.h5": "b848a83f140e284973d80805dc4c184a0a885dadcc1700630a86879c9103d5b1",
+    "mobilenet_5_0_224_tf.h5": "b4b134ed41de14fd8d6717ab4e88b53e3113194acae392bc41c012ba463906bb",
+    "mobilenet_5_0_224_tf_no_top.h5": "df860c59562f4c4af7a2fb2ae90731caef39fd5d03e5fcd6ca46988965f0a4b7",
+    "mobilenet_7_5_128_tf.h5": "cafcb7455c36187c93eb7fb3a68e29f76b5761cb2d946d57d1967578e3b05361",
+    "mobilenet_7_5_128_tf_no_top.h5": "dcc5aaa418bbf397a431e79a52be0ad1a61fb6364a9bb6d68b5258f13669c8ba",
+    "mobilenet_7_5_160_tf.h5": "3ee6f1daa0f9da149bec3311eacfb4451ca236bc126dc25ee191f5bdc6e641be",
+    "mobilenet_7_5_160_tf_no_top.h5": "6056d87ad4e3b341cc8272d68b54a8a113ef0b0e5ab1399e4a801d2942a064fa",
+    "mobilenet_7_5_192_tf.h5": "a7a2364ee404c19301edb827de693f46eeb46aad13e2c5e73494545e57749eef",
+    "mobilenet_7_5_192_tf_no_top.h5": "b8ea4352b99a87552c0b84c59b59d146b823b684766026ed8f0c68d3aab9e677",
+    "mobilenet_7_5_224_tf.h5": "811e0307a7e8895a180b81c191033482d99470a0604ea8e88e8d947005067d84",
+    "mobilenet_7_5_224_tf_no_top.h5": "1da9019b66f05a0256dedfed0f321fcaf8bfa71f9facf3f9117e62820be39aa5",
+    "mobilenet_1_0_128_tf.h5": "ef1480dcb7f11a75bc5187a74863b3b97c4cfed6b6dd5c78f003ba002a4d7fe6",
+    "mobilenet_1_0_128_tf_no_top.h5": "8fbb8332b956430de61ad4fa1ab261ab5b7922ef1d0f38c30056a485ec0d4ecb",
+    "mobilenet_1_0_160_tf.h5": "a41aa0195ebe0a5301ab90af589155b42671f78704fd9a2e7dda919c478cd479",
+    "mobilenet_1_0_160_tf_no_top.h5": "22d25b67a8936869b5f0d0c840ba150c90dc89c0b07f8aacd387614be67845d2",
+    "mobilenet_1_0_192_tf.h5": "bd7e7f6a7cd6690a10aedba3e93bec811240418bd9179546e50c0f4c35899a01",
+    "mobilenet_1_0_192_tf_no_top.h5": "d67556231564ded95aaa7a44004c73aa9696fba267a6817f430eee097af11782",
+    "mobilenet_1_0_224_tf.h5": "006a2d9484fbea625dd4e6518652c101a3eca052671671c56265fc84f2e1181f",
+    "mobilenet_1_0_224_tf_no_top.h5": "9f9cfd8c925431c06ce96744e1d201575f6a681bf38ae2de38e2ae8f7d7829d3",
+}
 
 
 class WeightsUnavailableError(OSError):
