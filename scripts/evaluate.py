@@ -44,7 +44,7 @@ def main(argv):
                            positive_class=FLAGS.positive_class, which=FLAGS.checkpoint,
                            rederive=FLAGS.rederive)
     if FLAGS.print_json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({k: v for k, v in report.items() if k != "figures"}, indent=2))
         return
     print(task.summary(report))
     for what, key in (("results", "json"), ("per image", "predictions")):

@@ -374,3 +374,106 @@ def test_tensorboard_has_learning_rate_config_and_pictures(trained):
     assert ("test/errors", "image") in found or not any(
         r["correct"] == "0" for r in _rows(os.path.join(workdir, "predictions_test.csv")))
     assert ("test/confusion", "image") in found
+
+
+def _summaries(workdir):
+    """``(step, Summary.Value)`` of every value in the workdir's TensorBoard event files,
+    read back from the TFRecord framing with tensorboardX's protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    folder = os.path.join(workdir, "tensorboard")
+    for name in sorted(os.listdir(folder)):
+        data = open(os.path.join(folder, name), "rb").read()
+        at = 0
+        while at + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
+            at += 12 + n + 4
+            for v in event.summary.value:
+                yield event.step, v
+
+
+def _hparams(workdir):
+    """What TensorBoard's HPARAMS tab reads of a run: ``(experiment, session start info,
+    session end info, {scalar tag: last value})``."""
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    found, scalars = {}, {}
+    for _, v in _summaries(workdir):
+        if v.metadata.plugin_data.plugin_name == "hparams":
+            data = HParamsPluginData.FromString(v.metadata.plugin_data.content)
+            found[data.WhichOneof("data")] = getattr(data, data.WhichOneof("data"))
+        elif v.WhichOneof("value") == "simple_value":
+            scalars[v.tag] = v.simple_value
+    return (found.get("experiment"), found.get("session_start_info"),
+            found.get("session_end_info"), scalars)
+
+
+def test_tensorboard_hparams_hold_the_config_and_final_numbers(trained):
+    workdir, report = trained
+    experiment, start, end, scalars = _hparams(workdir)
+    assert experiment is not None and start is not None and end is not None
+    config = tiny_config()
+    hp = start.hparams
+    assert hp["model.name"].string_value == "tiny_test_net"
+    assert hp["policy"].string_value == config.policy
+    assert hp["optimizer"].string_value == config.optimizer
+    assert hp["schedule"].string_value == config.schedule
+    assert hp["learning_rate"].number_value == pytest.approx(config.learning_rate)
+    for key in ("batch_size", "epochs", "seed"):
+        assert hp[key].number_value == config[key], key
+    assert hp["data.image_size"].number_value == config.data.image_size
+    assert hp["init"].string_value == config.init
+    assert {i.name for i in experiment.hparam_infos} == set(hp)
+    # The final numbers: the test report's, and the best validation accuracy of the history.
+    tags = {m.name.tag for m in experiment.metric_infos}
+    for key in ("accuracy", "roc_auc", "sensitivity", "specificity", "balanced_accuracy"):
+        assert f"test/{key}" in tags
+        assert scalars[f"test/{key}"] == pytest.approx(report[key], abs=1e-6), key
+    spec = "test/specificity_at_sensitivity_0.95"
+    assert scalars[spec] == pytest.approx(report["at_target_sensitivity"]["specificity"])
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "history.jsonl"))]
+    best = max(r["accuracy"] for r in rows if r["split"] == "validation")
+    assert "validation/best_accuracy" in tags
+    assert scalars["validation/best_accuracy"] == pytest.approx(best)
+    assert tags <= set(scalars)  # every metric the tab lists has its value
+
+
+def test_hparams_of_another_config_and_without_numbers(tmp_path):
+    from train import logs
+
+    config = tiny_config(**{"data.augment.rotation": 15.0, "data.augment.vflip": True})
+    with config.unlocked():  # a model option, as mobilenetv2's alpha
+        config.model.alpha = 0.5
+    hp = logs.hparams(config)
+    assert hp["model.options"] == "alpha=0.5"
+    assert hp["data.augment"] == "hflip rotation=15 vflip"
+    assert set(hp) == set(logs.HPARAMS)  # every run the same columns
+    metrics = logs.final_metrics({"data": "x (validation split)", "accuracy": 0.5,
+                                  "num_examples": 10, "roc_auc": float("nan")}, [], "loss",
+                                 minimize=True)
+    assert metrics == {"validation/accuracy": 0.5}  # no counts, no NaN, no history
+    assert logs.add_hparams(str(tmp_path), config, metrics, 7)
+    _, start, _, scalars = _hparams(str(tmp_path))
+    assert start.hparams["model.options"].string_value == "alpha=0.5"
+    assert scalars == {"validation/accuracy": 0.5}
+
+
+def test_the_run_draws_a_gradcam_grid_of_test_images_and_returns_its_figures(trained):
+    workdir, report = trained
+    grid = os.path.join(workdir, "gradcam_test.png")
+    assert report["gradcam"] == grid and os.path.getsize(grid) > 1000
+    assert ("test/gradcam", "image") in _events(workdir)
+    from matplotlib.figure import Figure
+
+    figures = report["figures"]
+    assert {"confusion", "roc", "pr", "reliability", "gradcam"} <= set(figures)
+    assert all(isinstance(f, Figure) for f in figures.values())
+    from train import explain
+
+    titled = [ax for ax in figures["gradcam"].axes if ax.get_title()]
+    assert len(titled) == min(explain.GRID_SIZE, report["num_examples"])
+    assert all(ax.get_title().startswith("true ") for ax in titled)
+    assert "figures" not in json.load(open(os.path.join(workdir, "eval_test.json")))

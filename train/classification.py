@@ -2,8 +2,10 @@
 head, cached backbone features, and the classification report.
 
 The workdir gets ``splits.json`` (the deterministic train/validation/test split) and, at
-the end, ``eval_<split>.json`` with its confusion-matrix and ROC PNGs; the best checkpoint
-is the one with the best validation ``config.best_metric`` (lower is better for ``loss``).
+the end, ``eval_<split>.json``, ``predictions_<split>.csv``, its plots and the Grad-CAM grid
+``gradcam_<split>.png`` (``evaluate.write_report``, ``explain.report_grid``); the best
+checkpoint is the one with the best validation ``config.best_metric`` (lower is better for
+``loss``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import zoo
 from train import checkpoint as C
 from train import data as D
-from train import device_augment
+from train import device_augment, explain
 from train import evaluate as E
 from train import features as FE
 from train import model as M
@@ -117,6 +119,8 @@ def setup(config, workdir: str, mesh) -> Task:
                                   target_sensitivity=E.target_sensitivity(config))
         E.write_report(report, probs, labels, workdir, split, source=source,
                        indices=splits[split], groups=groups)
+        explain.report_grid(report, {"config": config, "class_names": names, "state": state},
+                            source, splits[split], probs, labels, workdir, split)
         log.info("%s", E.summary(report))
         return report
 

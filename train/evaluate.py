@@ -114,9 +114,11 @@ def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: s
                  indices: np.ndarray | None = None,
                  groups: Sequence[str] | None = None) -> str:
     """Write ``eval_<name>.json``, ``predictions_<name>.csv``, ``confusion_<name>.png``,
-    ``roc_<name>.png``; the JSON path. ``report['predictions']`` is the CSV's path; the JSON
-    names it by file name (relative to the JSON's folder), so a run directory that is moved
-    or copied, or redone elsewhere, writes the same JSON.
+    ``roc_<name>.png`` (:func:`write_plots`); the JSON path. ``report['predictions']`` is
+    the CSV's path; the JSON names it by file name (relative to the JSON's folder), so a run
+    directory that is moved or copied, or redone elsewhere, writes the same JSON.
+    ``report['figures']``: the matplotlib figures drawn, ``{kind: Figure}`` (not in the JSON;
+    a notebook shows them inline).
 
     ``source`` and ``indices`` (the examples ``probs`` are of, in order) give the CSV its
     file names (else the row number). A previous ``eval_<name>.json`` or
@@ -136,7 +138,9 @@ def write_report(report: dict, probs: np.ndarray, labels: np.ndarray, workdir: s
         _write_text_result(csv_path, prediction_rows(probs, labels, report["class_names"],
                                                      keys, groups))
         W.write_result(path, _json_safe({**report, "predictions": os.path.basename(csv_path)}))
-        write_plots(report, probs, labels, workdir, name, source=source, indices=indices)
+    # the figures drawn, for a notebook to show (not in the JSON)
+    report["figures"] = write_plots(report, probs, labels, workdir, name, source=source,
+                                    indices=indices) if jax.process_index() == 0 else {}
     return path
 
 
@@ -425,12 +429,10 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
     name = split if data == c.data.source else f"{data.partition(':')[2] or data}_{split}"
     report["json"] = write_report(report, probs, y, workdir, name, source=source,
                                   indices=indices, groups=groups)
-    if len(indices):  # every process runs the model (its state spans them); one writes
-        from train import explain  # it reads runs through this module
+    from train import explain  # it reads runs through this module
 
-        report["gradcam"] = explain.sample_grid(run, source, indices, probs, y,
-                                                os.path.join(workdir,
-                                                             f"gradcam_{safe_name(name)}.png"))
+    # every process runs the model (its state spans them); the first draws and writes
+    explain.report_grid(report, run, source, indices, probs, y, workdir, name)
     return report
 
 

@@ -180,18 +180,20 @@ GRID_SIZE = 12  # images in the evaluation's gradcam_<name>.png
 
 def sample_grid(run: dict[str, Any], source: D.Source, indices: np.ndarray,
                 probs: np.ndarray, labels: np.ndarray, path: str, n: int = GRID_SIZE,
-                seed: int = 0) -> str | None:
+                seed: int = 0) -> tuple[str | None, Any]:
     """``gradcam_<name>.png`` of an evaluation: Grad-CAM of the predicted class for the
     most confident mistakes (up to half the grid) and a fixed random sample of the other
-    images, each titled true / predicted / probability. The path, or None when the model
-    has no layer to explain (said in the log)."""
+    images, each titled true / predicted / probability; also a TensorBoard image
+    (``<name>/gradcam``). ``(path, matplotlib Figure)``; the path is None when there is no
+    image or the model has no layer to explain (said in the log), the figure None on every
+    process but the first (they run the model with it; it draws and writes)."""
     from train import metrics
 
     wrong = list(metrics.confident_mistakes(probs, labels, n // 2))
     rest = np.setdiff1d(np.arange(len(indices)), wrong)
     pick = wrong + list(np.random.default_rng(seed).permutation(rest)[: n - len(wrong)])
     if not pick:
-        return None
+        return None, None
     names = run["class_names"]
     try:
         shown, cams, _ = explain_images("", [source.image(indices[i]) for i in pick],
@@ -200,11 +202,11 @@ def sample_grid(run: dict[str, Any], source: D.Source, indices: np.ndarray,
         import logging
 
         logging.getLogger(__name__).warning("no Grad-CAM grid: %s", e)
-        return None
+        return None, None
     titles = [f"true {names[labels[i]]}\npred {names[int(probs[i].argmax())]} "
               f"{probs[i].max():.3f}" for i in pick]
-    if jax.process_index() != 0:  # the others ran the model with it; the first writes
-        return path
+    if jax.process_index() != 0:
+        return path, None
     fig = plots.plot_images(list(shown), titles, path, "Grad-CAM of the predicted class "
                             f"({len(wrong)} mistakes first)", overlays=list(cams))
     from train import logs
@@ -212,4 +214,17 @@ def sample_grid(run: dict[str, Any], source: D.Source, indices: np.ndarray,
     stem = os.path.splitext(os.path.basename(path))[0].removeprefix("gradcam_")
     logs.add_figures(os.path.dirname(path), {f"{stem}/gradcam": fig} if fig else {},
                      int(np.asarray(run["state"].step)))
-    return path
+    return path, fig
+
+
+def report_grid(report: dict[str, Any], run: dict[str, Any], source: D.Source,
+                indices: np.ndarray, probs: np.ndarray, labels: np.ndarray, workdir: str,
+                name: str) -> None:
+    """:func:`sample_grid` of an evaluation report named ``name`` (``test``): writes
+    ``<workdir>/gradcam_<name>.png``; ``report['gradcam']`` is its path (None: none drawn)
+    and ``report['figures']['gradcam']`` the figure. ``run``: ``config``, ``class_names``
+    and ``state`` (its ``params``, ``batch_stats`` and ``step``) of the whole network."""
+    path = os.path.join(workdir, f"gradcam_{E.safe_name(name)}.png")
+    report["gradcam"], fig = sample_grid(run, source, indices, probs, labels, path)
+    if fig is not None:
+        report.setdefault("figures", {})["gradcam"] = fig

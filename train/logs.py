@@ -129,6 +129,100 @@ def add_figures(workdir: str, figures: dict[str, Any], step: int = 0) -> None:
             tb.add_image(tag, image, step, dataformats="HWC")
 
 
+# The config keys a run's TensorBoard hparams summary holds (every run the same keys, so
+# TensorBoard's HPARAMS tab lines runs up in one table); model options (e.g. alpha) as text.
+HPARAMS = ("model.name", "model.options", "head.kind", "init", "policy", "finetune_groups",
+           "backbone_lr_scale", "freeze_bn_stats", "optimizer", "learning_rate",
+           "weight_decay", "schedule", "warmup_steps", "label_smoothing", "grad_clip",
+           "batch_size", "epochs", "max_steps", "seed", "dtype", "data.source",
+           "data.image_size", "data.limit", "data.group_regex", "data.augment", "stages",
+           "best_metric")
+
+
+def hparams(config) -> dict[str, str | float | bool]:
+    """The run's key hyperparameters (:data:`HPARAMS`) as TensorBoard hparams values."""
+    flat = _flat(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    flat["model.options"] = " ".join(f"{k[6:]}={v}" for k, v in sorted(flat.items())
+                                     if k.startswith("model.") and k != "model.name")
+    aug = {k[13:]: v for k, v in flat.items() if k.startswith("data.augment.")}
+    flat["data.augment"] = " ".join(
+        k if v is True else f"{k}={v:g}" for k, v in aug.items()
+        if v and not isinstance(v, str) and not (k == "crop_scale" and v == 1.0)) or "off"
+    out = {}
+    for key in HPARAMS:
+        v = flat.get(key)
+        if v is None:
+            continue
+        out[key] = v if isinstance(v, str | bool) else float(v) if isinstance(
+            v, int | float) else str(v)
+    return out
+
+
+def final_metrics(report: dict[str, Any], rows: list[dict[str, Any]], best_metric: str,
+                  minimize: bool = False) -> dict[str, float]:
+    """The numbers TensorBoard's HPARAMS tab compares runs by: every number of the final
+    evaluation report (``test/accuracy``, ``test/roc_auc``, ``test/sensitivity``...; the
+    split the report names) and the best validation ``best_metric`` of the history
+    (``validation/best_<metric>``)."""
+    import math
+    import numbers
+    import re
+
+    def number(v: Any) -> bool:  # floats (NumPy's too), not counts or flags
+        return (isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)
+                and math.isfinite(v))
+
+    split = re.search(r"\((\w+) split", str(report.get("data", "")))
+    prefix = split.group(1) if split else "final"
+    out = {f"{prefix}/{k}": float(v) for k, v in report.items() if number(v)}
+    t = report.get("at_target_sensitivity") or {}
+    if number(t.get("specificity")):
+        out[f"{prefix}/specificity_at_sensitivity_{t['target']:g}"] = float(t["specificity"])
+    seen = [r[best_metric] for r in rows
+            if r.get("split") == "validation" and number(r.get(best_metric))]
+    if seen:
+        out[f"validation/best_{best_metric}"] = float(min(seen) if minimize else max(seen))
+    return out
+
+
+def add_hparams(workdir: str, config, metrics: dict[str, float], step: int = 0) -> bool:
+    """Write the run's hparams summary (:func:`hparams` of ``config``) and ``metrics`` as
+    scalars at ``step`` into ``<workdir>/tensorboard``, the run's own event folder, so that
+    TensorBoard's HPARAMS tab shows this run beside others with its final numbers. False
+    when tensorboardX is not installed."""
+    try:
+        from tensorboardX import SummaryWriter
+        from tensorboardX.summary import hparams as summaries
+    except ImportError:
+        return False
+    experiment, start, end = summaries(hparams(config), metrics)
+    with SummaryWriter(os.path.join(workdir, "tensorboard")) as tb:
+        for summary in (experiment, start, end):
+            tb.file_writer.add_summary(summary, step)
+        for tag, value in metrics.items():
+            tb.add_scalar(tag, value, step)
+    return True
+
+
+def add_run_hparams(workdir: str, config, report: dict[str, Any], best_metric: str,
+                    minimize: bool = False) -> bool:
+    """:func:`add_hparams` of a finished run: its config, :func:`final_metrics` of its final
+    report and history, at the history's last step."""
+    rows = read_history(workdir)
+    return add_hparams(workdir, config, final_metrics(report, rows, best_metric, minimize),
+                       max((r["step"] for r in rows), default=0))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
     """History rows as a CSV table (the union of their keys as columns)."""
     fields: list[str] = []

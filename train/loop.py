@@ -106,6 +106,7 @@ def _stages(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = F
                      "test": stages.report_numbers(report)})
     if jax.process_index() == 0:
         stages.merge(workdir, len(configs), configs[-1], config.stages, done, task.curves)
+        logs.add_run_hparams(workdir, config, report, task.best_metric, task.minimize)
     logs.setup_logging(workdir)
     for d in done:
         log.info("stage %d (%s, %d epochs, %.0f s): test %s", d["stage"], d["policy"],
@@ -174,7 +175,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fa
     which = "best" if ckpt.latest("best") is not None else "last"
     state, _ = ckpt.restore(state, which)
     ckpt.close()
-    return task.finish(eval_fn, state, f"{which} step {int(state.step)}"), task
+    report = task.finish(eval_fn, state, f"{which} step {int(state.step)}")
+    if jax.process_index() == 0:  # TensorBoard's HPARAMS tab: the config and final numbers
+        logs.add_run_hparams(workdir, config, report, task.best_metric, task.minimize)
+    return report, task
 
 
 def _check_trainable(config, task: Task) -> None:
