@@ -3,14 +3,18 @@
   python -m scripts.detect --workdir /tmp/bccd_yolo IMAGE.jpg [IMAGE ...] --out /tmp/boxes \
       [--score 0.25] [--checkpoint best|last]
 
-Prints one JSON line per image: its detections in original pixel coordinates.
+Prints one JSON line per image: its detections in original pixel coordinates. A file that
+cannot be read (missing, empty, truncated, a folder, not an image) is named on stderr in
+one line and the others are still detected; the exit status is then 2.
 """
 
 import json
+import sys
 
 from absl import app, flags
 
 from scripts import cli
+from train import logs
 from train.detection import evaluate
 
 FLAGS = flags.FLAGS
@@ -24,9 +28,19 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("give one or more image files")
+    logs.quiet(FLAGS.verbose)
+    failed = 0
     for r in evaluate.detect_files(FLAGS.workdir, argv[1:], FLAGS.out,
                                    score_threshold=FLAGS.score, which=FLAGS.checkpoint):
-        print(json.dumps(r))
+        if "error" in r:  # named on stderr; the other files are still detected
+            print(f"error: {r['error']}", file=sys.stderr)
+            failed += 1
+        else:
+            print(json.dumps(r))
+    if failed:
+        print(f"error: {failed} of {len(argv) - 1} file(s) could not be read", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run(argv=None):

@@ -57,8 +57,9 @@ def predict(fn: Callable, state: Any, batches: Iterable[dict[str, np.ndarray]], 
             keep: Sequence[str] = (), size: int = 2, on_batch: Callable | None = None
             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``fn(state, batch)`` over every batch without a per-batch wait: ``(outputs, kept)``,
-    the outputs concatenated and ``kept[k]`` the host's ``batch[k]``, padding (``mask`` 0)
-    removed from both. ``on_batch(batch)`` is called as each host batch is dispatched."""
+    the outputs (an array or a pytree of them, e.g. a detector's dict) concatenated and
+    ``kept[k]`` the host's ``batch[k]``, padding (``mask`` 0) removed from both.
+    ``on_batch(batch)`` is called as each host batch is dispatched."""
     outs, masks, kept = [], [], {k: [] for k in keep}
     for host, dev in prefetch(batches, mesh, size):
         outs.append(fn(state, dev))
@@ -71,5 +72,5 @@ def predict(fn: Callable, state: Any, batches: Iterable[dict[str, np.ndarray]], 
     if not outs:
         return np.zeros((0,)), {k: np.zeros((0,)) for k in keep}
     real = gather_local(masks) > 0
-    out = np.concatenate([T.to_host(o) for o in outs])[real]
+    out = jax.tree.map(lambda *o: np.concatenate([T.to_host(x) for x in o])[real], *outs)
     return out, {k: gather_local(v)[real] for k, v in kept.items()}

@@ -129,7 +129,44 @@ def colour_jitter(image: np.ndarray, aug, rng) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-class Loader:
+class WorkerStreams:
+    """A loader's batches from grain worker processes: one endless stream per loader across
+    epochs (starting processes costs seconds). Mixed into a loader with ``train``,
+    ``__len__``, ``processes``, ``prefetch`` and :meth:`batch_maker`."""
+
+    _live: tuple[tuple[int, int], Iterator] | None = None  # (next position, batches)
+
+    def batch_maker(self) -> Callable[[int], dict[str, np.ndarray]]:
+        """A picklable function: global batch number -> batch (what a worker runs)."""
+        raise NotImplementedError
+
+    def _from_workers(self, epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches from the worker processes: asked for the position where the last
+        pass stopped, the stream goes on from there (an evaluation loader's passes are all
+        alike: epoch 0)."""
+        per_epoch, epoch = len(self), epoch if self.train else 0
+        if self._live is None or self._live[0] != (epoch, start):
+            self.close()  # a stream at another position: its workers stop
+            self._live = ((epoch, start), grain_stream(self.batch_maker(), epoch * per_epoch
+                                                       + start, self.processes, self.prefetch))
+        batches = self._live[1]
+        self._live = None  # until the next batch is in hand, the stream's position is unsure
+        for k in range(start, per_epoch):
+            batch = next(batches)
+            nxt = (epoch, k + 1) if k + 1 < per_epoch else (epoch + 1 if self.train else 0, 0)
+            self._live = (nxt, batches)
+            yield batch
+            self._live = None
+        self._live = (nxt, batches) if per_epoch > start else None
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (asked again, the loader starts new ones)."""
+        live, self._live = self._live, None
+        if live is not None:
+            live[1].close()
+
+
+class Loader(WorkerStreams):
     """Batches of one split: ``{'image': uint8 [B,H,W,3], 'label': int32, 'mask': float32}``.
 
     Training loaders shuffle per epoch and drop the last partial batch; evaluation loaders
@@ -165,7 +202,6 @@ class Loader:
         self.local = slice(process_index * batch_size // process_count,
                            (process_index + 1) * batch_size // process_count)
         self._cache = Cache(cache_mb if cache and not self.processes else 0)
-        self._live: tuple[tuple[int, int], Iterator] | None = None  # (next position, batches)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -197,29 +233,9 @@ class Loader:
                               "label": self.source.labels[idx].astype(np.int32), "mask": mask},
                              self.augment, self.seed, epoch, idx)
 
-    def _from_workers(self, epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-        """The batches from the worker processes, one endless stream per loader (starting
-        processes costs seconds): asked for the position where the last pass stopped, it
-        goes on from there (an evaluation loader's passes are all alike: epoch 0)."""
-        per_epoch, epoch = len(self), epoch if self.train else 0
-        if self._live is None or self._live[0] != (epoch, start):
-            self.close()  # a stream at another position: its workers stop
-            self._live = ((epoch, start), worker_batches(self, epoch * per_epoch + start))
-        batches = self._live[1]
-        self._live = None  # until the next batch is in hand, the stream's position is unsure
-        for k in range(start, per_epoch):
-            batch = next(batches)
-            nxt = (epoch, k + 1) if k + 1 < per_epoch else (epoch + 1 if self.train else 0, 0)
-            self._live = (nxt, batches)
-            yield batch
-            self._live = None
-        self._live = (nxt, batches) if per_epoch > start else None
-
-    def close(self) -> None:
-        """Stop the worker processes, if any (asked again, the loader starts new ones)."""
-        live, self._live = self._live, None
-        if live is not None:
-            live[1].close()
+    def batch_maker(self) -> BatchMaker:
+        return BatchMaker(self.source, self.indices, self.batch_size, self.image_size,
+                          self.train, self.augment, self.seed, self.local, len(self))
 
 
 def with_seeds(batch: dict, aug: Augment | None, seed: int, epoch: int, idx: np.ndarray) -> dict:
@@ -296,20 +312,19 @@ class BatchMaker:
                           self.augment, self.seed, epoch, idx)
 
 
-def worker_batches(loader: Loader, first: int) -> Iterator[dict]:
-    """Batches ``first, first + 1, ...`` of ``loader``'s endless stream, made by
-    ``loader.processes`` grain worker processes, ``loader.prefetch`` each ahead."""
+def grain_stream(maker: Callable[[int], dict], first: int, processes: int, prefetch: int
+                 ) -> Iterator[dict]:
+    """``maker(first), maker(first + 1), ...`` computed by ``processes`` grain worker
+    processes, ``prefetch`` each ahead (``maker`` goes to them with cloudpickle)."""
     import grain
     from absl import flags
 
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags: their defaults, outside an app
         flags.FLAGS.mark_as_parsed()
-    maker = BatchMaker(loader.source, loader.indices, loader.batch_size, loader.image_size,
-                       loader.train, loader.augment, loader.seed, loader.local, len(loader))
     numbers = grain.MapDataset.range(first, 2**62)
     ds = numbers.map(maker).to_iter_dataset(grain.ReadOptions(num_threads=0))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=loader.processes, per_worker_buffer_size=max(1, loader.prefetch)))
+        num_workers=processes, per_worker_buffer_size=max(1, prefetch)))
     return iter(ds)
 
 

@@ -65,9 +65,10 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
              positive_class: str | None = None, which: str = "best",
              rederive: bool = False) -> dict[str, Any]:
     """Evaluate a workdir's checkpoint with its task's metrics; writes ``eval_<name>.json``.
-    ``rederive``: find a classification split's files again by name in changed data."""
+    ``rederive``: find a split's files again by name in changed data."""
     if _workdir_kind(workdir) == "detection":  # VOC mAP@0.5 and COCO AP, per class
-        return detection_eval.evaluate(workdir, data, split=split, which=which)
+        return detection_eval.evaluate(workdir, data, split=split, which=which,
+                                       rederive=rederive)
     return classification_eval.evaluate(workdir, data, split=split,
                                         positive_class=positive_class, which=which,
                                         rederive=rederive)

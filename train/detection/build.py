@@ -14,6 +14,7 @@ from flax import traverse_util
 
 import zoo
 from train import checkpoint as C
+from train import device
 from train import freeze as F
 from train import model as M
 from train import step as T
@@ -174,8 +175,10 @@ def make_eval_step(model, spec, config):
     return eval_step
 
 
-def loader(config, source, train: bool, batch_size: int | None = None) -> DetectionLoader:
-    """A detection loader of a whole source with the config's size and augmentation."""
+def loader(config, source, train: bool, batch_size: int | None = None,
+           indices: np.ndarray | None = None) -> DetectionLoader:
+    """A detection loader of a source (``indices``: these examples, else all) with the
+    config's size, augmentation, threads or worker processes (``data.processes``)."""
     d, det = config.data, config.detection
     if d.augment.get("device", False):
         raise ValueError("config.data.augment.device is for classifiers: a detector's "
@@ -186,17 +189,23 @@ def loader(config, source, train: bool, batch_size: int | None = None) -> Detect
         aug = DetectionAugment(hflip=a.hflip, vflip=a.vflip, scale=det.scale, aspect=det.aspect,
                                translate=det.translate, brightness=a.brightness,
                                contrast=a.contrast, saturation=a.saturation)
-    return DetectionLoader(source, np.arange(len(source)), batch_size=batch_size or
-                           config.batch_size, image_hw=image_hw(config),
+    return DetectionLoader(source, np.arange(len(source)) if indices is None else indices,
+                           batch_size=batch_size or config.batch_size, image_hw=image_hw(config),
                            max_boxes=det.max_boxes, train=train, augment=aug, seed=config.seed,
-                           workers=d.workers, prefetch=d.prefetch, cache=d.cache)
+                           workers=d.workers, prefetch=d.prefetch, cache=d.cache,
+                           cache_mb=d.get("cache_mb", 2048), processes=d.get("processes", 0))
 
 
-def evaluate_loader(eval_fn, state, mesh, data: DetectionLoader, class_names) -> dict:
-    """mAP of the state's detections over a loader."""
-    keys = ("image", "mask")
+def evaluate_loader(eval_fn, state, mesh, data: DetectionLoader, class_names, *,
+                    close: bool = False) -> dict:
+    """mAP of the state's detections over a loader. The detections stay on the devices until
+    the pass ends (one fetch: ``train.device.predict``); the ground truth is the host's copy
+    of each batch, never fetched back. ``close``: stop the loader's worker processes after the pass."""
+    gt = ("boxes", "classes", "valid", "difficult")
+    try:
+        dets, kept = device.predict(eval_fn, state, data.epoch(0), mesh, keep=gt)
+    finally:
+        if close:
+            data.close()
+    return P.evaluate_arrays(dets, kept, class_names)
 
-    def detect(batch):
-        return jax.device_get(eval_fn(state, T.shard_batch({k: batch[k] for k in keys}, mesh)))
-
-    return P.evaluate_batches(detect, data.epoch(0), class_names)

@@ -37,6 +37,9 @@ class DetectionSource:
     get: Callable[[int], dict] = dataclasses.field(repr=False)
     dropped: int = 0  # degenerate boxes dropped while reading
     get_annotation: Callable[[int], dict] | None = dataclasses.field(default=None, repr=False)
+    # the files example i is read from (image, annotation), for sources of files on disk
+    get_files: Callable[[int], tuple[str, ...]] | None = dataclasses.field(default=None,
+                                                                           repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -121,15 +124,20 @@ def voc_class_names(root: str) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def voc_splits(root: str) -> list[str]:
+    """The split names of a VOC folder (``ImageSets/Main/<split>.txt``, not the per-class
+    ``<class>_<split>.txt`` lists)."""
+    return sorted(os.path.basename(p)[:-4] for p in glob.glob(
+        os.path.join(root, "ImageSets", "Main", "*.txt")) if "_" not in os.path.basename(p))
+
+
 def voc_folder_source(root: str, split: str, *,
                       class_names: Sequence[str] | None = None) -> DetectionSource:
     """A VOC-layout folder (``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``)."""
     listing = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
     if not os.path.isfile(listing):
-        found = sorted(os.path.basename(p)[:-4] for p in glob.glob(
-            os.path.join(root, "ImageSets", "Main", "*.txt")) if "_" not in os.path.basename(p))
         raise FileNotFoundError(f"no split {split!r} in VOC folder {root!r} ({listing} is "
-                                f"missing); splits there: {found}")
+                                f"missing); splits there: {voc_splits(root)}")
     with open(listing) as f:
         ids = [line.split()[0] for line in f if line.strip()]
     names = tuple(class_names) if class_names else voc_class_names(root)
@@ -159,8 +167,12 @@ def voc_folder_source(root: str, split: str, *,
         return {"boxes": boxes, "classes": classes, "difficult": difficult, "width": width,
                 "height": height}
 
+    def files(i: int) -> tuple[str, str]:
+        return (os.path.join(root, "JPEGImages", records[i][0]),
+                os.path.join(root, "Annotations", f"{ids[i]}.xml"))
+
     def get(i: int) -> dict:
-        with Image.open(os.path.join(root, "JPEGImages", records[i][0])) as im:
+        with Image.open(files(i)[0]) as im:
             image = np.asarray(im.convert("RGB"))
         ann = annotation(i)
         if image.shape[:2] != (ann["height"], ann["width"]):
@@ -169,7 +181,7 @@ def voc_folder_source(root: str, split: str, *,
         return {"image": image, "boxes": ann["boxes"], "classes": ann["classes"],
                 "difficult": ann["difficult"]}
 
-    return DetectionSource(f"voc:{root}", names, ids, get, dropped, annotation)
+    return DetectionSource(f"voc:{root}", names, ids, get, dropped, annotation, files)
 
 
 # ------------------------------------------------------------------------------ tfds

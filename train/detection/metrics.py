@@ -116,16 +116,19 @@ def evaluate(detections: Sequence[dict], ground_truth: Sequence[dict], class_nam
             "per_class": per_class}
 
 
+def json_safe(v):
+    """An :func:`evaluate` result with NaN as None (strict JSON)."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    return v
+
+
 def write_json(result: dict, path: str) -> None:
     """Write an :func:`evaluate` result as JSON (NaN as null)."""
-    def clean(v):
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, float) and np.isnan(v):
-            return None
-        return v
     with open(path, "w") as f:
-        json.dump(clean(result), f, indent=2)
+        json.dump(json_safe(result), f, indent=2)
 
 
 def format_table(result: dict) -> str:

@@ -80,6 +80,15 @@ def evaluate_batches(detect: Callable[[dict], dict], batches: Iterable[dict],
     return result
 
 
+def evaluate_arrays(dets: dict, gts: dict, class_names: Sequence[str]) -> dict:
+    """VOC and COCO AP of a whole pass: ``dets`` the NMS dict and ``gts`` the batches'
+    ``boxes``, ``classes``, ``valid`` and ``difficult``, concatenated (padding removed)."""
+    dets, gts = unbatch(dets, gts)
+    result = metrics.evaluate(dets, gts, class_names)
+    result["num_images"] = len(gts)
+    return result
+
+
 def draw(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
          class_names: Sequence[str], width: int = 2) -> Image.Image:
     """The image with each box outlined and labelled ``class score`` in its class colour."""

@@ -1,8 +1,9 @@
 """The detection task of the one training loop: detection data, the YOLO losses and mAP.
 
 ``train.loop.train_and_evaluate`` comes here when ``zoo.spec(config.model.name).task ==
-'detection'``. The workdir also holds ``classes.json``, ``anchors.json`` (the run's anchors)
-and ``eval_<split>.json`` (VOC and COCO AP per class); the best checkpoint is the one with
+'detection'``. The workdir also holds ``splits.json`` (the data it was trained on, which
+evaluation checks: ``train.detection.splits``), ``classes.json``, ``anchors.json`` (the
+run's anchors) and ``eval_<split>.json`` (VOC and COCO AP per class); the best checkpoint is the one with
 the best validation ``config.best_metric`` (``voc_map50`` unless another mAP is named).
 """
 
@@ -18,6 +19,7 @@ import zoo
 from train.detection import build as B
 from train.detection import evaluate as DE
 from train.detection import metrics
+from train.detection import splits as DS
 from train.task import Task
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ VALIDATION = ("voc_map50", "coco_ap", "coco_ap50")
 
 
 def setup(config, workdir: str, mesh) -> Task:
-    """Open the splits, write ``classes.json`` and ``anchors.json``, build the detector."""
+    """Open the splits, write ``splits.json``, ``classes.json`` and ``anchors.json``, build
+    the detector."""
     det = config.detection
     train_src = B.open_split(config, det.train_split)
     names = train_src.class_names
@@ -35,6 +38,12 @@ def setup(config, workdir: str, mesh) -> Task:
     log.info("data %s: classes %s; %s %d images, %s %d images; degenerate boxes dropped: %d",
              config.data.source, list(names), det.train_split, len(train_src), det.val_split,
              len(val_src), train_src.dropped + val_src.dropped)
+    split = det.test_split or det.val_split  # the final evaluation's
+    sources = {det.train_split: train_src, det.val_split: val_src}
+    if split not in sources:
+        sources[split] = B.open_split(config, split, names)
+    # splits.json: the data as it is now (a resumed run: checked against it)
+    DS.record(config, workdir, sources, lambda name: B.open_split(config, name, names))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "classes.json"), "w") as f:
             json.dump(list(names), f)
@@ -50,11 +59,10 @@ def setup(config, workdir: str, mesh) -> Task:
             f"ap50_{c}": v["voc_ap50"] for c, v in r["per_class"].items()}
 
     def finish(eval_fn, state, checkpoint: str) -> dict:
-        split = det.test_split or det.val_split
-        src = B.open_split(config, split, names) if split != det.val_split else val_src
-        data = B.loader(config, src, train=False, batch_size=eval_batch)
+        val_loader.close()  # its worker processes, if any: validation is over
+        data = B.loader(config, sources[split], train=False, batch_size=eval_batch)
         report = {"data": f"{config.data.source} ({split} split)", "checkpoint": checkpoint,
-                  **B.evaluate_loader(eval_fn, state, mesh, data, names)}
+                  **B.evaluate_loader(eval_fn, state, mesh, data, names, close=True)}
         DE.write_report(report, workdir, split)
         log.info("%s\n%s", DE.summary(report), metrics.format_table(report))
         return report
