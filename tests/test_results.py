@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from tests import tensorboard_events
 from tests.tiny_model import registered, tiny_config
 from train import evaluate as E
 from train import loop
@@ -346,22 +347,7 @@ def test_every_classifier_has_a_gradcam_layer():
 
 def _events(workdir):
     """(tag, kind) of every value in the workdir's TensorBoard event files (TFRecord)."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
-    folder = os.path.join(workdir, "tensorboard")
-    found = set()
-    for name in os.listdir(folder):
-        data = open(os.path.join(folder, name), "rb").read()
-        at = 0
-        while at + 12 <= len(data):
-            (n,) = struct.unpack("<Q", data[at:at + 8])
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
-            at += 12 + n + 4
-            for v in event.summary.value:
-                found.add((v.tag, v.WhichOneof("value")))
-    return found
+    return tensorboard_events.tags(workdir)
 
 
 def test_tensorboard_has_learning_rate_config_and_pictures(trained):
@@ -376,44 +362,9 @@ def test_tensorboard_has_learning_rate_config_and_pictures(trained):
     assert ("test/confusion", "image") in found
 
 
-def _summaries(workdir):
-    """``(step, Summary.Value)`` of every value in the workdir's TensorBoard event files,
-    read back from the TFRecord framing with tensorboardX's protos."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
-    folder = os.path.join(workdir, "tensorboard")
-    for name in sorted(os.listdir(folder)):
-        data = open(os.path.join(folder, name), "rb").read()
-        at = 0
-        while at + 12 <= len(data):
-            (n,) = struct.unpack("<Q", data[at:at + 8])
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
-            at += 12 + n + 4
-            for v in event.summary.value:
-                yield event.step, v
-
-
-def _hparams(workdir):
-    """What TensorBoard's HPARAMS tab reads of a run: ``(experiment, session start info,
-    session end info, {scalar tag: last value})``."""
-    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
-
-    found, scalars = {}, {}
-    for _, v in _summaries(workdir):
-        if v.metadata.plugin_data.plugin_name == "hparams":
-            data = HParamsPluginData.FromString(v.metadata.plugin_data.content)
-            found[data.WhichOneof("data")] = getattr(data, data.WhichOneof("data"))
-        elif v.WhichOneof("value") == "simple_value":
-            scalars[v.tag] = v.simple_value
-    return (found.get("experiment"), found.get("session_start_info"),
-            found.get("session_end_info"), scalars)
-
-
 def test_tensorboard_hparams_hold_the_config_and_final_numbers(trained):
     workdir, report = trained
-    experiment, start, end, scalars = _hparams(workdir)
+    experiment, start, end, scalars = tensorboard_events.hparams(workdir)
     assert experiment is not None and start is not None and end is not None
     config = tiny_config()
     hp = start.hparams
@@ -456,7 +407,7 @@ def test_hparams_of_another_config_and_without_numbers(tmp_path):
                                  minimize=True)
     assert metrics == {"validation/accuracy": 0.5}  # no counts, no NaN, no history
     assert logs.add_hparams(str(tmp_path), config, metrics, 7)
-    _, start, _, scalars = _hparams(str(tmp_path))
+    _, start, _, scalars = tensorboard_events.hparams(str(tmp_path))
     assert start.hparams["model.options"].string_value == "alpha=0.5"
     assert scalars == {"validation/accuracy": 0.5}
 
@@ -477,3 +428,44 @@ def test_the_run_draws_a_gradcam_grid_of_test_images_and_returns_its_figures(tra
     assert len(titled) == min(explain.GRID_SIZE, report["num_examples"])
     assert all(ax.get_title().startswith("true ") for ax in titled)
     assert "figures" not in json.load(open(os.path.join(workdir, "eval_test.json")))
+
+
+def test_figures_show_inline_without_pyplot_or_the_inline_backend(tmp_path):
+    """IPython (Jupyter, Colab) displays a returned figure as a PNG through its
+    ``_repr_png_``: the pixels of the PNG the plot function saved."""
+    from IPython.core.formatters import DisplayFormatter
+
+    from tests.test_notebook import _png
+    from train import plots
+
+    path = tmp_path / "c.png"
+    fig = plots.plot_confusion(np.array([[3, 1], [0, 4]]), ["a", "b"], str(path))
+    data, _ = DisplayFormatter().format(fig)
+    assert np.array_equal(_png(data["image/png"]), _png(path.read_bytes()))
+
+
+def test_curves_of_a_staged_history_mark_the_stages():
+    from train import plots
+
+    rows = [{"step": s, "split": split, "epoch": e, "stage": st, "loss": 1.0 / s,
+             "accuracy": 0.5} for s, e, st in ((1, 1, 1), (2, 2, 1), (3, 3, 2), (4, 4, 3))
+            for split in ("train", "validation")]
+    fig = plots.plot_history(rows)
+    dashed = [ln.get_xdata()[0] for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]
+    assert dashed == [2.5, 3.5]
+    assert not [ln for ln in plots.plot_history(rows, boundaries=[1.5]).axes[0].get_lines()
+                if ln.get_linestyle() == "--" and ln.get_xdata()[0] != 1.5]
+
+
+def test_tensorboard_writers_in_one_second_keep_each_others_events(tmp_path):
+    """tensorboardX names an event file by the second: the final figures, the Grad-CAM grid
+    and the hparams, written one after the other, must not truncate each other's file."""
+    from train import logs, plots
+
+    fig = plots.plot_confusion(np.array([[3, 1], [0, 4]]), ["a", "b"])
+    for tag in ("one", "two", "three"):
+        logs.add_figures(str(tmp_path), {tag: fig})
+    logs.add_hparams(str(tmp_path), tiny_config(), {"test/accuracy": 0.75})
+    found = tensorboard_events.tags(str(tmp_path))
+    assert {("one", "image"), ("two", "image"), ("three", "image")} <= found
+    assert ("test/accuracy", "simple_value") in found

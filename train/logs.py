@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import os
@@ -67,10 +68,7 @@ class History:
             return
         self._rewrite()
         try:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                    purge_step=resume_step or None)
+            self.tb = summary_writer(workdir, purge_step=resume_step or None)
         except ImportError:
             log.warning("tensorboardX is not installed: no TensorBoard events are written")
             return
@@ -109,6 +107,21 @@ class History:
             self.tb.close()
 
 
+_WRITERS = itertools.count()
+
+
+def summary_writer(workdir: str, **kwargs: Any):
+    """A tensorboardX ``SummaryWriter`` on ``<workdir>/tensorboard`` with an event file of
+    its own. tensorboardX names the file by the second and the host only, so a second
+    writer opened within the same second (the final figures, Grad-CAM, hparams) would
+    truncate the first one's file; the process id and a counter keep them apart.
+    ImportError without tensorboardX."""
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(os.path.join(workdir, "tensorboard"),
+                         filename_suffix=f".{os.getpid()}.{next(_WRITERS)}", **kwargs)
+
+
 def add_figures(workdir: str, figures: dict[str, Any], step: int = 0) -> None:
     """Matplotlib figures as images in the workdir's TensorBoard events (tag: the key),
     rendered with the Agg canvas (no pyplot)."""
@@ -116,12 +129,12 @@ def add_figures(workdir: str, figures: dict[str, Any], step: int = 0) -> None:
         return
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from tensorboardX import SummaryWriter
+        tb = summary_writer(workdir)
     except ImportError:
         return
     import numpy as np
 
-    with SummaryWriter(os.path.join(workdir, "tensorboard")) as tb:
+    with tb:
         for tag, fig in figures.items():
             canvas = FigureCanvasAgg(fig)
             canvas.draw()
@@ -191,12 +204,13 @@ def add_hparams(workdir: str, config, metrics: dict[str, float], step: int = 0) 
     TensorBoard's HPARAMS tab shows this run beside others with its final numbers. False
     when tensorboardX is not installed."""
     try:
-        from tensorboardX import SummaryWriter
         from tensorboardX.summary import hparams as summaries
+
+        tb = summary_writer(workdir)
     except ImportError:
         return False
     experiment, start, end = summaries(hparams(config), metrics)
-    with SummaryWriter(os.path.join(workdir, "tensorboard")) as tb:
+    with tb:
         for summary in (experiment, start, end):
             tb.file_writer.add_summary(summary, step)
         for tag, value in metrics.items():

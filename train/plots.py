@@ -3,7 +3,8 @@ precision-recall curves with operating points, reliability diagram, a grid of im
 
 Every function builds a :class:`matplotlib.figure.Figure` with the object API (no pyplot,
 no global backend switch), saves it when given ``path`` and returns it, so a notebook
-shows it inline; without matplotlib it warns once and returns None.
+shows it inline (it has ``_repr_png_``: no ``%matplotlib inline`` needed); without
+matplotlib it warns once and returns None.
 """
 
 from __future__ import annotations
@@ -22,15 +23,30 @@ log = logging.getLogger(__name__)
 VALIDATION_EXTRAS = ("sensitivity", "specificity", "roc_auc")  # one panel when logged
 
 
+DPI = 100  # of the saved PNGs and of the inline ones
+
+
 @functools.cache
 def _figure_class():
     try:
-        from matplotlib.figure import Figure
-
-        return Figure
+        from matplotlib.figure import Figure as MatplotlibFigure
     except ImportError:
         log.warning("matplotlib is not installed: no plots")
         return None
+
+    class Figure(MatplotlibFigure):
+        """A matplotlib Figure that shows itself as a PNG in Jupyter and Colab without
+        ``%matplotlib inline`` or pyplot (IPython's ``_repr_png_`` protocol; where the
+        inline backend is active, its own figure formatter draws it the same way)."""
+
+        def _repr_png_(self) -> bytes:
+            import io
+
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", dpi=DPI)
+            return buf.getvalue()
+
+    return Figure
 
 
 def _new(width: float, height: float, ncols: int = 1, nrows: int = 1):
@@ -45,7 +61,7 @@ def _new(width: float, height: float, ncols: int = 1, nrows: int = 1):
 def _finish(fig, path: str | None):
     fig.tight_layout(rect=(0, 0, 1, 0.93) if fig.get_suptitle() else None)
     if path:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=DPI)
     return fig
 
 
@@ -53,9 +69,16 @@ def plot_history(rows: list[dict], path: str | None = None, boundaries: Sequence
                  keys: Sequence[str] = ("loss", "accuracy")) -> Any:
     """``keys`` per epoch, train vs validation; validation sensitivity, specificity and ROC
     AUC in one panel and the learning rate per step when the history has them; dashed
-    lines at stage ``boundaries`` (epochs)."""
+    lines at stage ``boundaries`` (epochs; default: between the stages of a staged run's
+    merged history, whose rows carry ``stage``)."""
     if not rows:
         return None
+    if not boundaries:
+        ends = {}
+        for r in rows:
+            if "stage" in r and "epoch" in r:
+                ends[r["stage"]] = max(ends.get(r["stage"], 0), r["epoch"])
+        boundaries = [ends[s] + 0.5 for s in sorted(ends)[:-1]]
     val = [r for r in rows if r.get("split") == "validation"]
     extras = [k for k in VALIDATION_EXTRAS if any(k in r for r in val)]
     lr = [(r["step"], r["learning_rate"]) for r in rows
