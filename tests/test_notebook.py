@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -52,6 +53,7 @@ def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
+    run = tmp_path / "run"
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", ())]
     assert not [o for o in outputs if o.output_type == "error"]
@@ -60,11 +62,43 @@ def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
     assert "trainable" in svgs[0]["data"]["image/svg+xml"] or "frozen" in svgs[0]["data"][
         "image/svg+xml"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 4  # curves, confusion, ROC, the predicted image
+    assert len(pngs) >= 9  # curves, 5-6 evaluation figures, the predicted image, Grad-CAM
+    # The figures are the objects the code returned, shown inline, not PNG files read back:
+    # each is the figure task.evaluate also saved, pixel for pixel.
+    assert "Image(filename=" not in "".join(c.source for c in nb.cells)
+    cell = next(c for c in nb.cells if "figures" in c.metadata.get("tags", ()))
+    shown = [_png(o["data"]["image/png"]) for o in cell.outputs
+             if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    saved = [run / f for f in ("curves.png", "confusion_test.png", "roc_test.png",
+                               "pr_test.png", "reliability_test.png", "errors_test.png",
+                               "gradcam_test.png") if (run / f).exists()]
+    assert len(saved) >= 6 and len(shown) == len(saved), (len(shown), saved)
+    for image, path in zip(shown, saved, strict=True):
+        assert np.array_equal(image, _png(path.read_bytes())), path.name
+    last = [o for o in nb.cells[-1].outputs if "image/png" in o.get("data", {})]
+    assert last and last[-1].output_type == "execute_result"  # the Grad-CAM figure
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "not in Colab" in text and "cell.png: " in text
     assert "accuracy" in text
-    run = tmp_path / "run"
     assert (run / "stage1").is_dir() and (run / "stage2").is_dir()
     splits = json.loads((run / "splits.json").read_text())
     assert splits["info"]["group_regex"] == r"^(.+?)_IMG"  # the recipe's patient split
+    # TensorBoard's HPARAMS tab: the whole run (its stages) and each stage as a run
+    from tests.tensorboard_events import hparams
+
+    _, start, _, scalars = hparams(str(run))
+    assert start.hparams["stages"].string_value.startswith("frozen epochs=1")
+    assert "test/accuracy" in scalars and "validation/best_accuracy" in scalars
+    _, start, _, _ = hparams(str(run / "stage2"))
+    assert start.hparams["policy"].string_value == "finetune:4"
+
+
+def _png(data):
+    """Pixels of a PNG (base64 text as a notebook stores it, or bytes)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    raw = base64.b64decode(data) if isinstance(data, str) else data
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGBA"))
