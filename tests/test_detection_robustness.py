@@ -259,3 +259,102 @@ def test_detection_training_batches_from_workers_are_the_threads(caplog):
         same(list(threads.epoch(4, 2)), list(workers.epoch(4, 2)))
     finally:
         workers.close()
+
+
+# ------------------------------------------------- end to end: one short run on a VOC folder
+
+
+@pytest.fixture(scope="module")
+def voc_run(tmp_path_factory):
+    from train import loop
+
+    base = tmp_path_factory.mktemp("voc_run")
+    root, workdir = shapes_voc(base / "voc"), base / "run"
+    config = voc_config(root, epochs=1)
+    report = loop.train_and_evaluate(config, str(workdir))
+    return root, str(workdir), config, report
+
+
+@pytest.mark.slow
+def test_detect_names_each_bad_file_and_goes_on(voc_run, tmp_path, monkeypatch):
+    from tests.cli import run_script
+
+    root, workdir, *_ = voc_run
+    good = [root / "JPEGImages" / f"s{i:03d}.jpg" for i in range(24, 32)]
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good[0].read_bytes()[: good[0].stat().st_size // 2])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    missing, folder = tmp_path / "missing.jpg", tmp_path
+    bad = [truncated, empty, missing, folder]
+    # in the library: the order kept across chunks of one batch each, bad files in between
+    monkeypatch.setattr(DE, "CHUNK_BATCHES", 1)
+    paths = [str(p) for p in [good[0], *bad, *good[1:]]]
+    out = DE.detect_files(workdir, paths, score_threshold=0.0)
+    assert [r["path"] for r in out] == paths
+    assert ["error" in r for r in out] == [False] + [True] * 4 + [False] * 7
+    for r, p in zip(out[1:5], bad, strict=True):
+        assert str(p) in r["error"]
+    alone = DE.detect_files(workdir, [str(good[3])], score_threshold=0.0)[0]
+    together = out[7]  # the same file inside a batch of eight
+    assert len(alone["detections"]) == len(together["detections"]) > 0
+    for a, b in zip(alone["detections"], together["detections"], strict=True):
+        assert a["class"] == b["class"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+        np.testing.assert_allclose(a["box"], b["box"], atol=0.2)
+    # the scripts: one line per bad file on stderr, the good one detected, exit status 2
+    files = [good[0], *bad]
+    for script in ("detect", "predict"):
+        proc = run_script(script, "--workdir", workdir, *files, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        for p in bad:
+            assert any(str(p) in line for line in errors), (script, p, errors)
+        assert errors[-1] == "error: 4 of 5 file(s) could not be read"
+        if script == "detect":
+            lines = proc.stdout.splitlines()
+            assert len(lines) == 1 and json.loads(lines[0])["path"] == str(good[0])
+        else:
+            assert all(line.startswith(f"{good[0]}\t") for line in proc.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_changed_data_and_rederives_when_asked(voc_run):
+    from tests.cli import run_script
+    from train import loop
+
+    root, workdir, config, report = voc_run
+    assert report["data"] == f"voc:{root} (test split)" and report["num_images"] == 8
+    saved = os.path.join(workdir, "eval_test.json")
+    first = DE.evaluate(workdir)  # unchanged data: the final evaluation's numbers again
+    assert first["voc_map50"] == report["voc_map50"] and first["coco_ap"] == report["coco_ap"]
+    assert not os.path.exists(os.path.join(workdir, "eval_test.1.json"))  # same result kept
+    before = open(saved, "rb").read()
+
+    add_to_listing(root, "test", ["s000", "s001"])  # two training images join the test list
+    with pytest.raises(WorkdirError, match=r"2 file\(s\) added \(e.g. s000, s001; 2 of them "
+                                           r"from the training split\)"):
+        DE.evaluate(workdir)
+    assert open(saved, "rb").read() == before  # nothing written
+    proc = run_script("evaluate", "--workdir", workdir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: the data of {workdir} "
+                                                           "changed since it was trained")
+    again = DE.evaluate(workdir, rederive=True)  # the recorded eight, found by name
+    assert again["num_images"] == 8 and again["data"].endswith(
+        "(test split, re-derived by file name)")
+    assert again["voc_map50"] == report["voc_map50"] and again["coco_ap"] == report["coco_ap"]
+    assert open(os.path.join(workdir, "eval_test.1.json"), "rb").read() == before  # kept
+    out = run_script("evaluate", "--workdir", workdir, "--rederive").stdout
+    assert "re-derived by file name" in out
+
+    rewrite_image(root, "s025")
+    move_a_box(root, "s026")
+    with pytest.raises(WorkdirError, match=r"1 image file\(s\) changed \(e.g. s025\); 1 "
+                                           r"annotation file\(s\) changed \(e.g. s026\)"):
+        DE.evaluate(workdir)
+    changed = DE.evaluate(workdir, rederive=True)
+    assert changed["data"].endswith("re-derived by file name; 2 of its files changed since "
+                                    "training)")
+    # re-running the training command on the changed data: refused, nothing mixed
+    with pytest.raises(WorkdirError, match="changed since its run started"):
+        loop.train_and_evaluate(config, workdir)
