@@ -100,14 +100,17 @@ def _split(c, name):
 # ------------------------------------------------------------------------ quick: the record
 
 
-def test_the_record_names_added_gone_and_changed_files(tmp_path):
+def test_the_record_names_added_gone_and_changed_files(tmp_path, caplog):
     root, workdir = shapes_voc(tmp_path / "voc"), tmp_path / "run"
     workdir.mkdir()
     (root / "ImageSets" / "Main" / "trainval.txt").write_text(
         "".join(f"s{i:03d}\n" for i in range(24)))
-    c = _record(root, workdir)
+    (root / "ImageSets" / "Main" / "extra.txt").write_text("nothing_here\n")  # no annotation
+    with caplog.at_level(logging.WARNING):
+        c = _record(root, workdir)
+    assert "split extra not recorded (it cannot be read" in caplog.text  # the run goes on
     saved = json.loads((workdir / "splits.json").read_text())
-    # every ImageSets list of the folder, each file's image and annotation digests
+    # every (readable) ImageSets list of the folder, each file's image and annotation digests
     assert sorted(saved["splits"]) == ["test", "train", "trainval", "val"]
     assert saved["splits"]["test"]["files"] == [f"s{i:03d}" for i in range(24, 32)]
     assert len(saved["splits"]["test"]["content"]["s024"]) == 2
@@ -295,6 +298,16 @@ def test_detect_names_each_bad_file_and_goes_on(voc_run, tmp_path, monkeypatch):
     assert ["error" in r for r in out] == [False] + [True] * 4 + [False] * 7
     for r, p in zip(out[1:5], bad, strict=True):
         assert str(p) in r["error"]
+    twin = tmp_path / "other" / good[3].name  # the same name in another folder
+    twin.parent.mkdir()
+    twin.write_bytes(good[3].read_bytes())
+    drawn = DE.detect_files(workdir, [str(good[3]), str(twin)], str(tmp_path / "png"))
+    assert [os.path.basename(r["png"]) for r in drawn] == ["s027.png", "s027_1.png"]
+    png = tmp_path / "png" / "in.png"  # an input PNG in the output folder is not drawn over
+    Image.open(good[3]).save(png)
+    before = png.read_bytes()
+    drawn = DE.detect_files(workdir, [str(png)], str(tmp_path / "png"))
+    assert drawn[0]["png"].endswith("in_1.png") and png.read_bytes() == before
     alone = DE.detect_files(workdir, [str(good[3])], score_threshold=0.0)[0]
     together = out[7]  # the same file inside a batch of eight
     assert len(alone["detections"]) == len(together["detections"]) > 0

@@ -119,13 +119,25 @@ def detect_files(workdir: str, paths: Sequence[str], out_dir: str | None = None,
     results: dict[str, dict[str, Any]] = {}
     paths = list(paths)
     step = batch * CHUNK_BATCHES
+    pngs = {os.path.abspath(p): "" for p in paths}  # never drawn over: the inputs
     for k in range(0, len(paths), step):
-        results.update(_detect_chunk(run, paths[k : k + step], batch, out_dir))
+        results.update(_detect_chunk(run, paths[k : k + step], batch, out_dir, pngs))
     return [results[p] for p in paths]
 
 
-def _detect_chunk(run: dict, paths: Sequence[str], batch: int, out_dir: str | None
-                  ) -> dict[str, dict[str, Any]]:
+def _png_name(path: str, out_dir: str, used: dict[str, str]) -> str:
+    """``<out_dir>/<stem>.png``, or ``<stem>_<n>.png`` when that is taken in this call: by
+    another file's drawing (same stem, other folder) or by an input image itself."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, n = os.path.join(out_dir, f"{stem}.png"), 1
+    while used.get(os.path.abspath(name), path) != path:
+        name, n = os.path.join(out_dir, f"{stem}_{n}.png"), n + 1
+    used[os.path.abspath(name)] = path
+    return name
+
+
+def _detect_chunk(run: dict, paths: Sequence[str], batch: int, out_dir: str | None,
+                  pngs: dict[str, str]) -> dict[str, dict[str, Any]]:
     hw, names = B.image_hw(run["config"]), run["class_names"]
     out, images = {}, {}
     for path in paths:
@@ -158,8 +170,7 @@ def _detect_chunk(run: dict, paths: Sequence[str], batch: int, out_dir: str | No
             for b, c, s in zip(boxes, classes, scores, strict=True)]}
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
-            stem = os.path.splitext(os.path.basename(path))[0]
-            png = os.path.join(out_dir, f"{stem}.png")
+            png = _png_name(path, out_dir, pngs)
             P.draw(image, boxes, classes, scores, names).save(png)
             out[path]["png"] = png
     return out

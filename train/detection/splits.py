@@ -126,7 +126,11 @@ def record(config, workdir: str, sources: dict[str, DetectionSource], open_split
     kind, _, root = next(iter(sources.values())).spec.partition(":")
     for name in voc_splits(root) if kind == "voc" else ():
         if name not in sources:
-            sources[name] = open_split(name)
+            try:
+                sources[name] = open_split(name)
+            except (OSError, ValueError) as e:  # a list the run never reads may be broken
+                log.warning("%s: split %s not recorded (it cannot be read: %s); evaluating "
+                            "it later is unchecked", root, name, e)
     digests = {}
     out = {"info": info(config),
            "splits": {name: fingerprint(src, digests) for name, src in sources.items()}}
