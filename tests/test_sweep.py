@@ -1,0 +1,125 @@
+"""The sweep: rows of a recipe as training runs, interrupted and resumed, and their table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from train import sweep
+from train.configs import malaria_zoo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "data", "tiny_sweep.py")
+
+
+def sweep_cmd(out, *extra):
+    return [sys.executable, "-m", "scripts.sweep", "--config", TINY, "--out", str(out), *extra]
+
+
+def test_every_registered_classifier_has_a_malaria_row_above_its_minimum_size():
+    import zoo
+
+    classifiers = {n for n in zoo.list_models() if zoo.spec(n).task == "classification"}
+    models = {malaria_zoo.get_config(r).model.name for r in malaria_zoo.ROWS}
+    assert classifiers <= models, classifiers - models
+    for row in malaria_zoo.ROWS:
+        c = malaria_zoo.get_config(row)
+        assert c.data.image_size >= zoo.spec(c.model.name).min_size, row
+        assert c.data.group_regex == r"^(.+?)_IMG"  # held-out slides
+    assert sweep.recipe_rows("malaria_zoo") == malaria_zoo.ROWS
+    with pytest.raises(ValueError, match="rows: vgg16, vgg19"):
+        malaria_zoo.get_config("vgg61")
+
+
+def test_bad_rows_and_overrides_are_named():
+    with pytest.raises(sweep.SweepError, match="unknown rows vgg61"):
+        sweep.select(malaria_zoo.ROWS, ["vgg16", "vgg61"])
+    with pytest.raises(sweep.SweepError, match="no ROWS"):
+        sweep.recipe_rows("synthetic")
+    with pytest.raises(sweep.SweepError, match=r"did you mean batch_size"):
+        sweep.check_overrides(["batchsize=3"])
+    with pytest.raises(sweep.SweepError, match=r"use KEY=VALUE"):
+        sweep.check_overrides(["batch_size"])
+    with pytest.raises(sweep.SweepError, match=r"no config key 'data.sorce'.*data.source"):
+        sweep.check_overrides(["data.sorce=folder:x"])
+    assert sweep.check_overrides(["data.limit=10", "model.alpha=0.5"]) == [
+        "--config.data.limit=10", "--config.model.alpha=0.5"]
+
+
+def test_cli_lists_rows_and_prints_commands(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    listed = subprocess.run([sys.executable, "-m", "scripts.sweep", "--config", "malaria_zoo",
+                             "--list"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == list(malaria_zoo.ROWS)
+    dry = subprocess.run([sys.executable, "-m", "scripts.sweep", "--config", "malaria_zoo",
+                          "--out", str(tmp_path), "--rows", "vgg16,xception", "--dry_run",
+                          "--set", "data.limit=100"], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [
+        f"transfer-zoo train --config malaria_zoo:{r} --workdir {tmp_path / r} "
+        "--config.data.limit=100" for r in ("vgg16", "xception")]
+    bad = subprocess.run([sys.executable, "-m", "scripts.sweep", "--config", "malaria_zoo",
+                          "--out", str(tmp_path), "--rows", "vgg61"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown rows vgg61")
+    assert "Traceback" not in bad.stderr and not os.listdir(tmp_path)
+
+
+@pytest.mark.slow  # four tiny training processes (~2 min on 2 cores)
+def test_a_sweep_interrupted_mid_row_resumes_and_tabulates(tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(sweep_cmd(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    second = out / "resnet18" / "checkpoints" / "last"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if second.is_dir() and any(d.isdigit() for d in os.listdir(second)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before its second row checkpointed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its row, as a crash would
+    proc.wait()
+    state = json.load(open(out / "sweep.json"))
+    assert state["rows"]["squeezenet1_1"]["status"] == "done"
+    assert state["rows"]["resnet18"]["status"] == "running"
+    first_result = out / "squeezenet1_1" / "eval_test.json"
+    mtime = first_result.stat().st_mtime_ns
+
+    again = subprocess.run(sweep_cmd(out), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "squeezenet1_1: finished before, skipped" in again.stderr
+    assert first_result.stat().st_mtime_ns == mtime  # not run again
+    assert "resumed from step" in (out / "resnet18" / "train.log").read_text()
+    state = json.load(open(out / "sweep.json"))
+    assert state["rows"]["resnet18"]["attempts"] == 2
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [r["row"] for r in rows] == ["squeezenet1_1", "resnet18"]
+    for r in rows:
+        result = json.load(open(out / r["row"] / "eval_test.json"))
+        assert float(r["accuracy"]) == pytest.approx(result["accuracy"])
+        assert float(r["roc_auc"]) == pytest.approx(result["roc_auc"])
+        assert r["status"] == "done" and r["px"] == "32" and r["policy"] == "scratch"
+        assert r["model"] == r["row"] and float(r["img_per_s"]) > 0 and float(r["wall_s"]) > 0
+        assert r["command"] == (f"transfer-zoo train --config {TINY}:{r['row']} "
+                                f"--workdir {out / r['row']}")
+    md = (out / "sweep.md").read_text()
+    assert md.count("\n") == 4 and "| squeezenet1_1 |" in md and "| resnet18 |" in md
+    # the table's command reproduces the row: a finished run re-run only re-evaluates
+    assert again.stdout.startswith("| row |")
+
+    # a third run has nothing left to do
+    third = subprocess.run(sweep_cmd(out), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert third.returncode == 0 and third.stderr.count("finished before, skipped") == 2

@@ -1,0 +1,92 @@
+"""Every zoo classifier on the malaria cells, one row each: the per-family settings of the sweep.
+
+  transfer-zoo train --config malaria_zoo:vgg16 --workdir runs/zoo/vgg16
+  transfer-zoo sweep --config malaria_zoo --out runs/zoo [--rows vgg16,resnet50]
+
+A row is ``malaria_zoo:<row>``: the shared settings below (NIH's cells split by patient
+slide, flips and quarter turns, AdamW, 4 epochs) with the row's own in :data:`FAMILIES`
+(resolution above the model's minimum, head, learning rate, batch size): data, not code in
+the sweep. Rows without weights train from scratch (the CPU here has ImageNet weights for
+MobileNet v1 0.25 and v2 0.35 only); online, ``--config.init=imagenet
+--config.policy=finetune`` turns any row into transfer learning. The ``*_imagenet_*`` rows
+start from the published Keras weights (``init='imagenet'``: downloaded once, or put in
+``$TRANSFER_ZOO_CACHE`` under the published file name). BENCHMARKS.md has what each row
+reached on held-out slides, with its command.
+"""
+
+from train.configs import base
+from train.configs.malaria import malaria_data
+
+# Row -> settings over the shared ones. Order: the rows most likely to fall short of 93%
+# first (no batch norm, large strides, the deepest), so that a sweep of "all" spends its
+# CPU there first.
+FAMILIES = {
+    # No batch norm: a lower learning rate, and a pooled dense head instead of flattening
+    # (VGG's 4096-4096 top holds most of its parameters and learns slowly from scratch).
+    "vgg16": {"head.kind": "mlp", "learning_rate": 1e-4},
+    "vgg19": {"head.kind": "mlp", "learning_rate": 1e-4},
+    "alexnet": {"head.kind": "mlp", "learning_rate": 1e-4},
+    # Minimum input 71-75 px: 80 px leaves a 2x2 (or 1x1) last feature map.
+    "xception": {"data.image_size": 80},
+    "inception_v3": {"data.image_size": 80},
+    "inception_resnet_v2": {"data.image_size": 80},
+    "densenet121": {},
+    "densenet169": {},
+    "densenet201": {},
+    "resnet50": {},
+    "resnet101": {},
+    "resnet152": {},
+    "resnet50v2": {},
+    "resnet101v2": {},
+    "resnet152v2": {},
+    "googlenet": {},
+    "inception_v2": {},
+    "darknet53": {},
+    "mobilenet": {},
+    "mobilenetv2": {},
+    "resnet34": {},
+    "resnet18": {},  # measured before at these settings: 0.9564 (BENCHMARKS, run E)
+    # SqueezeNet's own head (1x1 conv -> ReLU -> pool) dies from scratch (loss stuck at ln 2).
+    "squeezenet1_0": {"head.kind": "mlp"},
+    "squeezenet1_1": {"head.kind": "mlp"},  # measured before: 0.9586 (run C)
+    # The official Keras MobileNet v1 alpha 0.25 weights (ImageNet, 224 px, no top) at 128
+    # px: the head on cached frozen features, and the malaria.py two-stage recipe.
+    "mobilenet_0.25_imagenet_frozen": {
+        "model.name": "mobilenet", "model.alpha": 0.25, "init": "imagenet",
+        "policy": "frozen", "data.image_size": 128, "epochs": 20, "augment": "off"},
+    "mobilenet_0.25_imagenet_two_stage": {
+        "model.name": "mobilenet", "model.alpha": 0.25, "init": "imagenet",
+        "policy": "frozen", "data.image_size": 128,
+        "stages": "frozen epochs=10 augment=off learning_rate=1e-3; "
+                  "finetune:4 epochs=3 learning_rate=1e-3 freeze_bn_stats=true"},
+}
+ROWS = tuple(FAMILIES)
+
+
+def get_config(row: str = ""):
+    """One row of the zoo table: ``malaria_zoo:<row>`` (a model name, or a weights row)."""
+    if row not in FAMILIES:
+        raise ValueError(f"malaria_zoo needs a row, --config malaria_zoo:<row> (got {row!r}); "
+                         f"rows: {', '.join(ROWS)}")
+    c = base.get_config()
+    c.model.name = row
+    c.policy = "scratch"
+    malaria_data(c)
+    c.data.image_size = 64
+    c.data.augment.hflip = True
+    c.data.augment.vflip = True
+    c.data.augment.rotate90 = True
+    c.batch_size = 64
+    c.epochs = 4
+    c.learning_rate = 1e-3
+    c.positive_class = "parasitized"
+    for key, value in FAMILIES[row].items():
+        if key == "augment":  # "off": no augmentation (a frozen run on cached features)
+            c.data.augment.hflip = c.data.augment.vflip = c.data.augment.rotate90 = False
+            continue
+        *parents, leaf = key.split(".")
+        target = c
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return base.locked(c)
