@@ -17,7 +17,6 @@ from train import checkpoint as C
 from train import device
 from train import freeze as F
 from train import model as M
-from train import step as T
 from train.detection import anchors as A
 from train.detection import loss as DL
 from train.detection import predict as P
@@ -200,7 +199,7 @@ def evaluate_loader(eval_fn, state, mesh, data: DetectionLoader, class_names, *,
                     close: bool = False) -> dict:
     """mAP of the state's detections over a loader. The detections stay on the devices until
     the pass ends (one fetch: ``train.device.predict``); the ground truth is the host's copy
-    of each batch, never fetched back. ``close``: stop the loader's worker processes after the pass."""
+    of each batch, never fetched back. ``close``: stop the loader's worker processes after."""
     gt = ("boxes", "classes", "valid", "difficult")
     try:
         dets, kept = device.predict(eval_fn, state, data.epoch(0), mesh, keep=gt)

@@ -17,12 +17,12 @@ from train import checkpoint as C
 from train import device
 from train import step as T
 from train import workdir as W
+from train.data import decode_file
 from train.detection import build as B
 from train.detection import metrics
 from train.detection import predict as P
 from train.detection import splits as DS
 from train.detection.augment import letterbox
-from train.data import decode_file
 from train.errors import ImageError
 from train.evaluate import load_config
 

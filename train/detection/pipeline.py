@@ -22,8 +22,15 @@ import numpy as np
 
 from train.detection.augment import DetectionAugment, pad_boxes, prepare, resize
 from train.detection.data import DetectionSource
-from train.pipeline import (Cache, WorkerStreams, auto_processes, batch_indices, epoch_order,
-                            example_rng, prefetched)
+from train.pipeline import (
+    Cache,
+    WorkerStreams,
+    auto_processes,
+    batch_indices,
+    epoch_order,
+    example_rng,
+    prefetched,
+)
 
 log = logging.getLogger(__name__)
 

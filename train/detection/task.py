@@ -3,8 +3,9 @@
 ``train.loop.train_and_evaluate`` comes here when ``zoo.spec(config.model.name).task ==
 'detection'``. The workdir also holds ``splits.json`` (the data it was trained on, which
 evaluation checks: ``train.detection.splits``), ``classes.json``, ``anchors.json`` (the
-run's anchors) and ``eval_<split>.json`` (VOC and COCO AP per class); the best checkpoint is the one with
-the best validation ``config.best_metric`` (``voc_map50`` unless another mAP is named).
+run's anchors) and ``eval_<split>.json`` (VOC and COCO AP per class); the best checkpoint
+is the one with the best validation ``config.best_metric`` (``voc_map50`` unless another
+mAP is named).
 """
 
 from __future__ import annotations
