@@ -9,9 +9,10 @@ A detection workdir reports VOC mAP@0.5 and COCO AP@[.5:.95] per class in
 A classification workdir's ``splits.json`` records the data it was trained on; when the
 data changed (files added, removed or renamed), evaluating its splits is refused with what
 changed (the saved indices would point at other images), unless ``--rederive``. A
-detection workdir's records each split's files (and, for a VOC folder, each image's and
-annotation's hash): a split whose files were added, removed or changed is refused the same
-way, and ``--rederive`` evaluates the recorded files found again by name. A previous
+detection workdir's ``splits.json`` records each split's files (and, for a VOC folder, the
+hash of each image and annotation): a split whose files were added, removed or changed is
+refused the same way, and ``--rederive`` evaluates the recorded files found again by name.
+A previous
 ``eval_<name>.json`` with other numbers is kept as ``eval_<name>.<n>.json``.
 
 It prints one summary line and the paths of what it wrote: ``eval_<name>.json`` and, for a
