@@ -12,8 +12,7 @@ changed (the saved indices would point at other images), unless ``--rederive``. 
 detection workdir's ``splits.json`` records each split's files (and, for a VOC folder, the
 hash of each image and annotation): a split whose files were added, removed or changed is
 refused the same way, and ``--rederive`` evaluates the recorded files found again by name.
-A previous
-``eval_<name>.json`` with other numbers is kept as ``eval_<name>.<n>.json``.
+A previous ``eval_<name>.json`` with other numbers is kept as ``eval_<name>.<n>.json``.
 
 It prints one summary line and the paths of what it wrote: ``eval_<name>.json`` and, for a
 classifier, ``predictions_<name>.csv`` (one row per image) beside the plots
