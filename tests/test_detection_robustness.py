@@ -331,6 +331,29 @@ def test_detect_names_each_bad_file_and_goes_on(voc_run, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_one_fetch_per_pass_gives_the_per_batch_numbers(voc_run):
+    """The trained detector's test mAP, detections fetched once, equals the per-batch
+    ``jax.device_get`` evaluation it replaced."""
+    from train.detection import predict as P
+
+    _, workdir, config, report = voc_run
+    run = DE.load_run(workdir)
+    data = B.loader(config, B.open_split(config, "test", NAMES), train=False, batch_size=3)
+    once = B.evaluate_loader(run["eval_fn"], run["state"], run["mesh"], data, NAMES)
+
+    def per_batch(b):
+        return jax.device_get(run["eval_fn"](run["state"], T.shard_batch(
+            {k: b[k] for k in ("image", "mask")}, run["mesh"])))
+
+    old = P.evaluate_batches(per_batch, data.epoch(0), NAMES)
+    assert once["num_images"] == old["num_images"] == 8
+    for key in ("voc_map50", "coco_ap", "coco_ap50"):
+        assert once[key] == old[key]
+    assert once["per_class"] == old["per_class"]
+    assert once["voc_map50"] == report["voc_map50"]  # batch 3 or the run's 8: the same
+
+
+@pytest.mark.slow
 def test_evaluate_refuses_changed_data_and_rederives_when_asked(voc_run):
     from tests.cli import run_script
     from train import loop
