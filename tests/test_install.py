@@ -50,7 +50,7 @@ def test_commands_and_recipes_are_listed():
     proc = _dispatch("--help")
     assert proc.returncode == 0, proc.stderr
     for name in ("models", "draw", "train", "evaluate", "predict", "detect", "convert",
-                 "anchors", "bench", "profile", "sweep"):
+                 "anchors", "bench", "profile", "sweep", "ensemble"):
         assert f"\n  {name} " in proc.stdout
     for recipe in ("malaria", "malaria_scratch", "synthetic", "imagefolder"):
         assert f"\n  {recipe} " in proc.stdout
