@@ -12,7 +12,7 @@ MobileNet v1 0.25 and v2 0.35 only); online, ``--config.init=imagenet
 start from the published Keras weights (``init='imagenet'``: downloaded once, or put in
 ``$TRANSFER_ZOO_CACHE`` under the published file name). BENCHMARKS.md has what each row
 reached on held-out slides, with its command. After changing a row's settings, run it
-again with ``transfer-zoo sweep ... --rows ROW --overwrite`` (its old run is set aside).
+again with ``transfer-zoo sweep ... --rows ROW --overwrite`` (its old run is discarded).
 """
 
 from train.configs import base
