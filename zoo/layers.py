@@ -72,10 +72,11 @@ class Conv(nn.Module):
                             (kh, kw, x.shape[-1] // groups, self.features), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        dtype = nn.dtypes.canonicalize_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel = jnp.asarray(x, dtype), jnp.asarray(kernel, dtype)
         y = backend.conv(x, kernel, pair(self.strides), self.padding, pair(self.dilation),
                          groups, self.impl)
-        return y if bias is None else y + bias
+        return y if bias is None else backend.add_bias(y, bias)
 
 
 class DepthwiseConv(nn.Module):
@@ -108,7 +109,7 @@ class DepthwiseConv(nn.Module):
         x = x if x.dtype == dtype else x.astype(dtype)
         y = backend.depthwise_conv(x, kernel.astype(dtype), pair(self.strides), self.padding,
                                    pair(self.dilation), self.impl)
-        return y if bias is None else y + bias.astype(dtype)
+        return y if bias is None else backend.add_bias(y, bias)
 
 
 class SeparableConv(nn.Module):

@@ -66,6 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.backend import native
+from zoo.backend.precision import below_float32
 from zoo.backend.settings import Setting
 
 Padding = str | int | Sequence[tuple[int, int]]
@@ -812,15 +813,19 @@ def _native_float32(*arrays) -> bool:
 
 
 def _shift_views_forward(x, kernel, strides, padding, dilation) -> jax.Array:
-    """A depthwise conv as kh*kw shifted multiply-adds (XLA fuses them into one loop)."""
+    """A depthwise conv as kh*kw shifted multiply-adds (XLA fuses them into one loop),
+    summed in float32 below it (bfloat16: as XLA's convolution, one rounding per output)."""
     kh, kw, c, m = kernel.shape
+    out = x.dtype
+    if below_float32(out):
+        x, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)
     views = _windows(x, (kh, kw), strides, dilation, padding)
     if m == 1:
         w = kernel.reshape(kh * kw, c)
-        return functools.reduce(jnp.add, (v * w[t] for t, v in enumerate(views)))
+        return functools.reduce(jnp.add, (v * w[t] for t, v in enumerate(views))).astype(out)
     w = kernel.reshape(kh * kw, c, m)
     y = functools.reduce(jnp.add, (v[..., None] * w[t] for t, v in enumerate(views)))
-    return y.reshape(*y.shape[:3], c * m)
+    return y.reshape(*y.shape[:3], c * m).astype(out)
 
 
 def _shift_kernel_grad(x, dy, kernel, strides, padding, dilation) -> jax.Array:

@@ -9,6 +9,7 @@ from zoo.backend import conv as _conv
 from zoo.backend import fusion as _fusion
 from zoo.backend.conv import Padding
 from zoo.backend.norm import normalize_batch  # noqa: F401
+from zoo.backend.precision import add_bias  # noqa: F401
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding: Padding = "SAME",
