@@ -105,7 +105,7 @@ def end_to_end(model: str, image_size: int, *, batch: int = 32, steps: int = 30,
         # the bare step: the loop's own jitted step, on one batch already on the device
         mesh = T.make_mesh(c.num_devices)
         task = loop.SETUP["classification"](c, wd, mesh)
-        train_fn, _, state = loop._steps(c, task, mesh, steps)
+        train_fn, _, state, _ = loop._steps(c, task, mesh, steps)
         batch_ = T.shard_batch(next(iter(task.train_loader.epoch(0))), mesh)
         state, m = train_fn(state, batch_)
         jax.block_until_ready(m)

@@ -35,6 +35,7 @@ import numpy as np
 from train import checkpoint as C
 from train import classification, device, logs, plots, stages
 from train import freeze as F
+from train import precise_bn as PB
 from train import step as T
 from train import workdir as W
 from train.detection import task as detection
@@ -126,6 +127,7 @@ class Run:
     ckpt: C.Checkpoints
     history: logs.History
     total_steps: int
+    precise_bn: Callable | None = None  # (state, epoch) -> state: see _precise_bn
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
@@ -145,7 +147,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fa
         _check_trainable(config, task)
         total = config.epochs * len(task.train_loader)
         total = min(total, config.max_steps) if config.max_steps else total
-        train_fn, eval_fn, state = _steps(config, task, mesh, total)
+        train_fn, eval_fn, state, precise_bn = _steps(config, task, mesh, total)
         ckpt = C.Checkpoints(workdir, keep=config.keep_checkpoints)
         meta = {"step": 0, "epoch": 0, "batch": 0, "sums": _zero_sums(task), "best": None}
         if ckpt.latest() is not None:
@@ -162,7 +164,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fa
              mesh.devices.size, jax.default_backend(), total, config.batch_size,
              len(task.train_loader), config.epochs)
     run = Run(config, task, mesh, train_fn, eval_fn, ckpt,
-              logs.History(workdir, meta["step"], enabled=jax.process_index() == 0), total)
+              logs.History(workdir, meta["step"], enabled=jax.process_index() == 0), total,
+              precise_bn)
     try:
         state = _epochs(run, state, meta)
     finally:
@@ -205,7 +208,8 @@ def _check_init(config) -> None:
                     "stays random", config.policy)
 
 
-def _steps(config, task: Task, mesh, total_steps: int) -> tuple[Callable, Callable, Any]:
+def _steps(config, task: Task, mesh, total_steps: int
+           ) -> tuple[Callable, Callable, Any, Callable | None]:
     """The jitted train and eval steps of the task under the config's policy; the state."""
     trainable, labels, tx = F.optimizer_for(config, task.spec, task.variables["params"],
                                             total_steps)
@@ -216,7 +220,35 @@ def _steps(config, task: Task, mesh, total_steps: int) -> tuple[Callable, Callab
                                    config.label_smoothing, task.input_key,
                                    config.freeze_bn_stats, task.loss_fn, task.augment)
     train_fn, eval_fn = T.jit_steps(train_step, task.eval_step, mesh)
-    return train_fn, eval_fn, T.replicate(T.create_state(task.variables, tx, config.seed), mesh)
+    state = T.replicate(T.create_state(task.variables, tx, config.seed), mesh)
+    bn_trainable = (lambda path: False) if config.freeze_bn_stats else trainable
+    return train_fn, eval_fn, state, _precise_bn(config, task, mesh, bn_trainable)
+
+
+def _precise_bn(config, task: Task, mesh, bn_trainable: Callable[[str], bool]
+                ) -> Callable | None:
+    """``config.recompute_bn_batches``: ``f(state, epoch) -> state`` with the batch-norm
+    statistics recomputed from the epoch's last training batches (``train/precise_bn.py``);
+    None when off or when no batch norm's statistics train."""
+    n = config.get("recompute_bn_batches", 0)
+    maker = getattr(task.train_loader, "batch_maker", None)
+    if not n or not PB.any_moving(task.variables["batch_stats"], bn_trainable):
+        return None
+    if maker is None or task.input_key != "image":  # the head on cached features: no BN moves
+        log.warning("recompute_bn_batches=%d: this run's loader gives no images to recompute "
+                    "batch norm from; the moving averages are kept", n)
+        return None
+    stats_fn = PB.make_stats_fn(task.model, task.normalize, bn_trainable, mesh)
+    log.info("batch norm: statistics recomputed from %d training batches before each "
+             "validation (PreciseBN)", n)
+
+    def recompute(state: T.TrainState, epoch: int) -> T.TrainState:
+        make, per_epoch = maker(), len(task.train_loader)
+        images = (T.shard_batch({"image": make(epoch * per_epoch + k)["image"]}, mesh)["image"]
+                  for k in range(max(0, per_epoch - n), per_epoch))
+        return PB.recompute(stats_fn, state, images)
+
+    return recompute
 
 
 def _zero_sums(task: Task) -> dict[str, float]:
@@ -309,7 +341,8 @@ def _epochs(run: Run, state: T.TrainState, meta: dict) -> T.TrainState:
         if meta["batch"] < per_epoch:  # max_steps reached inside the epoch
             run.ckpt.save(state, meta)
             break
-        meta = _end_of_epoch(run, state, meta, seen / max(time.perf_counter() - t0, 1e-9))
+        state, meta = _end_of_epoch(run, state, meta,
+                                    seen / max(time.perf_counter() - t0, 1e-9))
     return state
 
 
@@ -327,9 +360,11 @@ def _after_step(run: Run, state: T.TrainState, meta: dict, m: dict, rate: float)
         run.ckpt.save(state, meta)
 
 
-def _end_of_epoch(run: Run, state: T.TrainState, meta: dict, rate: float) -> dict:
-    """Validate (every ``task.eval_every`` epochs and after the last), log the epoch,
-    checkpoint (and keep it as best when it is)."""
+def _end_of_epoch(run: Run, state: T.TrainState, meta: dict, rate: float
+                  ) -> tuple[T.TrainState, dict]:
+    """Validate (every ``task.eval_every`` epochs and after the last; batch-norm statistics
+    recomputed first with ``recompute_bn_batches``), log the epoch, checkpoint (and keep it
+    as best when it is)."""
     epoch, c, task, sums = meta["epoch"], run.config, run.task, meta["sums"]
     n = max(sums["count"], 1)
     train = {"loss": sums["loss"] / n, **{k: sums[s] / n for k, s in task.means.items()},
@@ -338,8 +373,10 @@ def _end_of_epoch(run: Run, state: T.TrainState, meta: dict, rate: float) -> dic
     line = f"epoch {epoch + 1}/{c.epochs} step {meta['step']}: train " \
            f"{_fmt(train, task.headline)} ({rate:.1f} img/s)"
     last = epoch + 1 == c.epochs or meta["step"] >= run.total_steps
-    val = task.validate(run.eval_fn, state) if (epoch + 1) % task.eval_every == 0 or last \
-        else None
+    due = (epoch + 1) % task.eval_every == 0 or last
+    if due and run.precise_bn is not None:
+        state = run.precise_bn(state, epoch)
+    val = task.validate(run.eval_fn, state) if due else None
     best = False
     if val is not None:
         run.history.write(meta["step"], "validation", val, epoch=epoch + 1)
@@ -350,4 +387,4 @@ def _end_of_epoch(run: Run, state: T.TrainState, meta: dict, rate: float) -> dic
     log.info("%s", line)
     meta = {**meta, "epoch": epoch + 1, "batch": 0, "sums": _zero_sums(run.task)}
     run.ckpt.save(state, meta, best=best)
-    return meta
+    return state, meta

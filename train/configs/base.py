@@ -40,6 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Every batch norm on its running statistics, even where its scale/bias train (the Keras
     # fine-tuning advice: batch statistics of a small new dataset disturb pretrained ones).
     c.freeze_bn_stats = False
+    # PreciseBN (train/precise_bn.py): before each validation, the running statistics of the
+    # batch norms that train become the mean batch statistics of the current weights over
+    # this many training batches (the epoch's last ones); 0 = the moving averages as they
+    # are. For short runs from scratch with Keras' momenta (0.99, 0.999), whose averages lag.
+    c.recompute_bn_batches = 0
     # Policy 'frozen' with augmentation off: compute the backbone's pooled features once per
     # example and train the head on them (train/features.py); '' dir = <workdir>/features.
     c.cache_features = True
