@@ -149,7 +149,9 @@ def test_winograd_conv_refuses_what_it_cannot_compute(kwargs, message):
     ((7, 7), (3, 3, 512, 512), 1, "SAME", "winograd"),
     ((73, 73), (3, 3, 80, 192), 1, "VALID", "winograd"),  # Inception's
     ((104, 104), (3, 3, 64, 64), 1, "SAME", "xla"),  # too many pixels
-    ((2, 2), (3, 3, 256, 256), 1, "SAME", "xla"),  # 32 tiles: too few
+    ((2, 2), (3, 3, 256, 256), 1, "SAME", "im2col"),  # 2x2 out: XLA's is pathological
+    ((4, 4), (3, 3, 256, 512), 2, "SAME", "im2col"),  # ResNet's last stage at 64 px
+    ((4, 4), (3, 3, 512, 512), 1, "SAME", "xla"),  # 4x4 out: XLA's forward is faster
     ((6, 4), (3, 3, 256, 256), 1, "SAME", "xla"),  # 4 outputs a side: tiles too few
     ((7, 7), (3, 3, 256, 256), 1, "VALID", "xla"),  # 5 outputs: tiles overhang
     ((28, 28), (3, 3, 16, 64), 1, "SAME", "xla"),  # too few channels
@@ -554,3 +556,25 @@ def test_xception_auto_named_shortcuts_keras2_and_keras3():
     resolved = convert.resolve_auto_names(k2, names)
     assert resolved["conv2d_5"] == "stage1/block1/shortcut_conv"
     assert resolved["batch_normalization_8"] == "stage3/block1/shortcut_bn"
+
+
+@pytest.mark.parametrize("size, kernel, stride", [((2, 2), (3, 3, 48, 40), 1),
+                                                  ((4, 4), (3, 3, 24, 48), 2),
+                                                  ((1, 1), (3, 3, 32, 32), 1),
+                                                  ((3, 3), (3, 3, 16, 24), 1)])
+def test_small_outputs_run_as_one_product_and_equal_xla(size, kernel, stride):
+    """At most 3x3 output pixels: im2col (XLA:CPU's convolution is pathological there),
+    the same values and gradients as XLA's convolution."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, *size, kernel[2]))
+    w = jax.random.normal(jax.random.PRNGKey(1), kernel) * 0.2
+    s, pads = (stride, stride), conv.normalize_padding("SAME")
+    assert conv.mixed_path(x.shape, w.shape, s, pads, native_kernels=False) == "im2col"
+
+    def loss(f):
+        return lambda w, x: jnp.sum(jnp.sin(f(x, w, s, pads)))
+
+    np.testing.assert_allclose(conv.mixed_conv(x, w, s, pads), conv.xla_conv(x, w, s, pads),
+                               rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.grad(loss(conv.mixed_conv), (0, 1))(w, x),
+                    jax.grad(loss(conv.xla_conv), (0, 1))(w, x), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

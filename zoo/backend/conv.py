@@ -455,6 +455,14 @@ _winograd_conv = _with_kernel_grad(
 # patches (batch 32, 3x3/2 3 -> 32: 224 px 29 -> 17 ms, 299 px 'valid' 60 -> 29; at stride
 # 1 (3 -> 64, 224 px 45 -> 66) and for AlexNet's 11x11/4 (43 -> 55) XLA's is faster)
 IM2COL_MAX_DEPTH = 32
+# Any convolution whose output is at most IM2COL_MAX_OUTPUT_SIDE pixels a side (and that
+# the native kernels do not take) runs as one product over gathered patches: XLA:CPU's convolution is pathologically slow there (the
+# last stages of a ResNet at 64 px; batch 64, forward / both gradients, ms: 3x3 512 -> 512
+# at 2x2 3,414 / 3,481 against 16 / 157; 4x4 256 -> 512 stride 2 19 / 343 against 13 / 31;
+# at 1x1 26 / 65 against 14 / 30; at 3x3 384 -> 384 33 / 61 against 16 / 62; at 4x4 XLA's
+# forward is the faster: 85 against 115). ResNet18 inference at 64 px: 4.9 s -> see
+# BENCHMARKS.md.
+IM2COL_MAX_OUTPUT_SIDE = 3
 
 _im2col_conv = _with_kernel_grad(
     matmul_conv, _mixed_kernel_grad, "im2col_conv",
@@ -554,7 +562,8 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
     and input gradient at stride 1; ``winograd``: :func:`winograd_conv` (a stride-1 3x3
     one with many channels for its size, in float32: its transforms round in the input
     dtype, 2^-8 relative in bfloat16); ``im2col``: one product over gathered patches (a
-    strided one over ``kh * kw * in <= IM2COL_MAX_DEPTH`` values); ``xla``: XLA's
+    strided one over ``kh * kw * in <= IM2COL_MAX_DEPTH`` values, and any one whose output
+    is at most :data:`IM2COL_MAX_OUTPUT_SIDE` pixels a side); ``xla``: XLA's
     convolution (:func:`padded_xla_conv`). ``native_kernels`` (default: whether
     :mod:`zoo.backend.native` is in use) says whether the native paths may be taken.
     """
@@ -565,7 +574,10 @@ def mixed_path(shape: Sequence[int], kernel: Sequence[int], strides, padding,
         native_kernels = jnp.dtype(dtype) == jnp.float32 and native.available()
     pads = explicit_pads(size, (kh, kw), strides, dilation, padding)
     out_width = (size[1] + sum(pads[1]) - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    out_height = (size[0] + sum(pads[0]) - (kh - 1) * dilation[0] - 1) // strides[0] + 1
     fits = native_kernels and _native_conv_fits(kernel, strides, dilation, dtype, out_width)
+    if not fits and max(out_height, out_width) <= IM2COL_MAX_OUTPUT_SIDE and kh * kw > 1:
+        return "im2col"
     if unit and cout * TAP_GRAD_RATIO <= cin:
         if fits:
             return "tap_native"
