@@ -116,8 +116,14 @@ def read_state(out: str) -> dict[str, Any]:
 
 
 def finished(out: str, row: str, entry: dict | None, command: Sequence[str]) -> bool:
-    """Whether ``row`` ran to its end with this very command."""
-    return bool(entry and entry.get("status") == "done" and entry.get("command") == list(command)
+    """Whether ``row`` ran to its end with this command (``--overwrite`` aside: a row
+    finished under it is the same run). With ``overwrite`` a sweep runs every row again:
+    an unchanged finished one only re-evaluates, a changed one starts again."""
+    def plain(c):
+        return [a for a in c if a != "--overwrite"]
+
+    return bool(entry and entry.get("status") == "done"
+                and plain(entry.get("command", [])) == plain(command)
                 and os.path.exists(os.path.join(out, row, "eval_test.json")))
 
 
@@ -138,7 +144,7 @@ def run(recipe: str, out: str, train: Sequence[str], *, rows: Sequence[str] | No
         for i, row in enumerate(names, 1):
             command = row_command(train, recipe, row, out, overrides, overwrite)
             entry = state["rows"].get(row)
-            if finished(out, row, entry, command):
+            if not overwrite and finished(out, row, entry, command):
                 log.info("sweep %d/%d %s: finished before, skipped", i, len(names), row)
                 continue
             entry = {"command": list(command), "shown": shown(command, train, name),
