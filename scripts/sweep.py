@@ -27,8 +27,9 @@ flags.DEFINE_string("out", None, "Folder of the sweep: a workdir per row, sweep.
 flags.DEFINE_list("rows", ["all"], "The rows to run, in this order (default: all of them).")
 flags.DEFINE_multi_string("set", [], "KEY=VALUE for every row, as --config.KEY=VALUE of "
                           "train (e.g. data.source=folder:cells); repeat for several.")
-flags.DEFINE_bool("overwrite", False, "Pass --overwrite to the rows: a row whose workdir holds "
-                  "a run with another config starts again instead of failing.")
+flags.DEFINE_bool("overwrite", False, "Run every row again with --overwrite: a row whose "
+                  "workdir holds a run with another config (its recipe changed) starts again, "
+                  "an unchanged finished one only re-evaluates.")
 flags.DEFINE_bool("keep_going", True, "Go on with the next row when one fails (it is "
                   "recorded, and run again by the next sweep).")
 flags.DEFINE_bool("list", False, "Print the recipe's rows and exit.")
