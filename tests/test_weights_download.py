@@ -42,7 +42,9 @@ def test_reference_urls():
     assert f.url.endswith("mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_"
                           "0.35_224_no_top.h5")
     f = zoo.spec("mobilenet").weights(alpha=0.25, size=128)
-    assert f.url.endswith("mobilenet/mobilenet_2_5_128_tf.h5") and f.md5 is f.sha256 is None
+    assert f.url.endswith("mobilenet/mobilenet_2_5_128_tf.h5") and f.md5 is None
+    # the SHA-256 Keras publishes (WEIGHTS_HASHES of keras/src/applications/mobilenet.py)
+    assert f.sha256 == "fe295db7f78635f1403127e3ba8cdc6237f83262bdb745063a67c1d81190c7f8"
     assert zoo.spec("resnet50").weights().md5 == "2cb95161c43110f7111970584f804107"
     assert zoo.spec("densenet121").weights(include_top=False).url.endswith(
         "densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")
