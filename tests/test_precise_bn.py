@@ -9,12 +9,12 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
+from tests.tiny_model import registered, tiny_config
 from train import checkpoint as C
 from train import loop
 from train import precise_bn as PB
 from train import step as T
 from zoo import layers
-from tests.tiny_model import registered, tiny_config
 
 
 class TwoMomenta(nn.Module):

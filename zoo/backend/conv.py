@@ -456,12 +456,12 @@ _winograd_conv = _with_kernel_grad(
 # 1 (3 -> 64, 224 px 45 -> 66) and for AlexNet's 11x11/4 (43 -> 55) XLA's is faster)
 IM2COL_MAX_DEPTH = 32
 # Any convolution whose output is at most IM2COL_MAX_OUTPUT_SIDE pixels a side (and that
-# the native kernels do not take) runs as one product over gathered patches: XLA:CPU's convolution is pathologically slow there (the
-# last stages of a ResNet at 64 px; batch 64, forward / both gradients, ms: 3x3 512 -> 512
-# at 2x2 3,414 / 3,481 against 16 / 157; 4x4 256 -> 512 stride 2 19 / 343 against 13 / 31;
-# at 1x1 26 / 65 against 14 / 30; at 3x3 384 -> 384 33 / 61 against 16 / 62; at 4x4 XLA's
-# forward is the faster: 85 against 115). ResNet18 inference at 64 px: 4.9 s -> see
-# BENCHMARKS.md.
+# the native kernels do not take) runs as one product over gathered patches: XLA:CPU's
+# convolution is pathologically slow there (the last stages of a ResNet at 64 px; batch
+# 64, forward / both gradients, ms: 3x3 512 -> 512 at 2x2 3,414 / 3,481 against 16 / 157;
+# 4x4 256 -> 512 stride 2 19 / 343 against 13 / 31; at 1x1 26 / 65 against 14 / 30; at 3x3
+# 384 -> 384 33 / 61 against 16 / 62; at 4x4 XLA's forward is the faster: 85 against 115).
+# ResNet18 inference at 64 px: 4.9 s -> 0.15-0.19 s (BENCHMARKS.md, session 12).
 IM2COL_MAX_OUTPUT_SIDE = 3
 
 _im2col_conv = _with_kernel_grad(
