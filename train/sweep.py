@@ -149,7 +149,9 @@ def run(recipe: str, out: str, train: Sequence[str], *, rows: Sequence[str] | No
                 continue
             entry = {"command": list(command), "shown": shown(command, train, name),
                      "attempts": (entry or {}).get("attempts", 0) + 1,
-                     "wall_s": (entry or {}).get("wall_s", 0.0), "status": "running"}
+                     # the row's time, over its attempts since it last started afresh
+                     "wall_s": 0.0 if overwrite else (entry or {}).get("wall_s", 0.0),
+                     "status": "running"}
             state["rows"][row] = entry
             W.write_json(os.path.join(out, STATE), state)
             log.info("sweep %d/%d %s: %s", i, len(names), row, entry["shown"])
