@@ -154,7 +154,9 @@ HPARAMS = ("model.name", "model.options", "head.kind", "init", "policy", "finetu
 
 def hparams(config) -> dict[str, str | float | bool]:
     """The run's key hyperparameters (:data:`HPARAMS`) as TensorBoard hparams values."""
-    flat = _flat(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    from train.workdir import flat as flatten
+
+    flat = flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     flat["model.options"] = " ".join(f"{k[6:]}={v}" for k, v in sorted(flat.items())
                                      if k.startswith("model.") and k != "model.name")
     aug = {k[13:]: v for k, v in flat.items() if k.startswith("data.augment.")}
@@ -225,16 +227,6 @@ def add_run_hparams(workdir: str, config, report: dict[str, Any], best_metric: s
     rows = read_history(workdir)
     return add_hparams(workdir, config, final_metrics(report, rows, best_metric, minimize),
                        max((r["step"] for r in rows), default=0))
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
