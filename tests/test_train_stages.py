@@ -7,7 +7,7 @@ import pytest
 
 from tests.tiny_model import registered, tiny_config
 from train import evaluate as E
-from train import loop, stages
+from train import ensemble, loop, stages
 
 STAGES = "frozen epochs=1 augment=off learning_rate=1e-2; finetune:1 epochs=1 learning_rate=1e-3"
 
@@ -35,6 +35,11 @@ def test_two_stages_in_one_run(tiny, tmp_path):
     done = json.load(open(os.path.join(workdir, "stages.json")))
     assert [d["policy"] for d in done] == ["frozen", "finetune:1"]
     assert done[1]["test"]["accuracy"] == report["accuracy"]
+    top = json.load(open(os.path.join(workdir, "eval_test.json")))
+    assert os.path.isfile(os.path.join(workdir, top["predictions"]))  # the CSV it names
+    assert os.path.isfile(os.path.join(workdir, "confusion_test.png"))
+    # An ensemble reads the top workdir like any run (it failed: the CSV was in stage2/).
+    assert ensemble.read_member(workdir, "test")["labels"].size == report["num_examples"]
     again = E.evaluate(workdir)  # the top workdir evaluates as the last stage
     assert again["confusion_matrix"] == report["confusion_matrix"]
 

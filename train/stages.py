@@ -14,7 +14,8 @@ their configs and merges their outputs. The top workdir gets:
 - ``train.log``: the stages' logs one after the other;
 - ``stages.json``: each stage's settings, wall time and test numbers;
 - ``config.json`` (the last stage's, which is the model that is kept), the last stage's
-  ``splits.json``/``classes.json``/``anchors.json`` and ``eval_<split>.json``, and
+  ``splits.json``/``classes.json``/``anchors.json`` and its reports (``eval_<split>.json``
+  with the ``predictions_<split>.csv`` it names, and the figures), and
   ``checkpoints`` (a link to the last stage's), so that ``scripts.evaluate`` and
   ``scripts.predict`` work on the top workdir as on any run.
 
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 NO_DETECTION_AUGMENT = {"scale": 0.0, "aspect": 0.0, "translate": False}
 # The files of the last stage that the top workdir gets, so it evaluates as that stage.
 RUN_FILES = ("splits.json", "classes.json", "anchors.json")
+# The last stage's reports, copied up whole: ``eval_<split>.json`` names its predictions CSV
+# relative to its own folder, so the two travel together (an ensemble reads the CSV).
+REPORT_PREFIXES = ("eval_", "predictions_", "confusion_", "roc_", "pr_", "reliability_",
+                   "errors_", "gradcam_")
 
 
 def parse(stages: str) -> list[tuple[str, dict[str, str]]]:
@@ -137,7 +142,7 @@ def merge(workdir: str, n: int, last: ml_collections.ConfigDict, stages: str,
     with open(os.path.join(workdir, "train.log"), "w") as f:
         f.write("".join(text))
     final = os.path.join(workdir, f"stage{n}")
-    names = [*RUN_FILES, *(f for f in sorted(os.listdir(final)) if f.startswith("eval_"))]
+    names = [*RUN_FILES, *(f for f in sorted(os.listdir(final)) if f.startswith(REPORT_PREFIXES))]
     for name in names:
         if os.path.isfile(os.path.join(final, name)):
             shutil.copyfile(os.path.join(final, name), os.path.join(workdir, name))
