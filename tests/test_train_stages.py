@@ -6,8 +6,8 @@ import os
 import pytest
 
 from tests.tiny_model import registered, tiny_config
-from train import evaluate as E
 from train import ensemble, loop, stages
+from train import evaluate as E
 
 STAGES = "frozen epochs=1 augment=off learning_rate=1e-2; finetune:1 epochs=1 learning_rate=1e-3"
 
