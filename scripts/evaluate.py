@@ -14,6 +14,10 @@ hash of each image and annotation): a split whose files were added, removed or c
 refused the same way, and ``--rederive`` evaluates the recorded files found again by name.
 A previous ``eval_<name>.json`` with other numbers is kept as ``eval_<name>.<n>.json``.
 
+``--tta flips|dihedral`` (classifiers): test-time augmentation, each image's probabilities
+averaged over its 4 flips or its 8 flips and quarter turns, in one batch through the model;
+the results are ``eval_<name>_<tta>.json`` (and its CSV and plots), beside the plain ones.
+
 It prints one summary line and the paths of what it wrote: ``eval_<name>.json`` and, for a
 classifier, ``predictions_<name>.csv`` (one row per image) beside the plots
 (``confusion``, ``roc``, ``pr``, ``reliability``, ``errors_<name>.png``). ``--print_json``
@@ -35,6 +39,9 @@ flags.DEFINE_string("positive_class", None, "Class for sensitivity/specificity/R
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint.")
 flags.DEFINE_bool("rederive", False, "When the run's data changed since training: find the "
                   "split's files again by name (new files are left out) instead of refusing.")
+flags.DEFINE_enum("tta", "", ["", "flips", "dihedral"], "A classifier's test-time "
+                  "augmentation: the mean probability over each image's flips (4 views) or "
+                  "flips and quarter turns (dihedral, 8); written as eval_<name>_<tta>.json.")
 flags.DEFINE_bool("print_json", False, "Print the whole report as JSON (for a pipe).")
 flags.mark_flag_as_required("workdir")
 
@@ -45,7 +52,7 @@ def main(argv):
     logs.quiet(FLAGS.verbose)
     report = task.evaluate(FLAGS.workdir, FLAGS.data, split=FLAGS.split,
                            positive_class=FLAGS.positive_class, which=FLAGS.checkpoint,
-                           rederive=FLAGS.rederive)
+                           rederive=FLAGS.rederive, tta=FLAGS.tta)
     if FLAGS.print_json:
         print(json.dumps({k: v for k, v in report.items() if k != "figures"}, indent=2))
         return

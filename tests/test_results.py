@@ -469,3 +469,59 @@ def test_tensorboard_writers_in_one_second_keep_each_others_events(tmp_path):
     found = tensorboard_events.tags(str(tmp_path))
     assert {("one", "image"), ("two", "image"), ("three", "image")} <= found
     assert ("test/accuracy", "simple_value") in found
+
+
+def test_tta_views_are_the_symmetries_of_the_square():
+    from train import step as T
+
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype(np.float32)
+    want = [np.rot90(y, k, axes=(1, 2)) for y in (x, x[:, ::-1]) for k in range(4)]
+    got = [np.asarray(v) for v in T.tta_views(x, "dihedral")]
+    assert len(got) == 8 and np.array_equal(got[0], x)
+    for w in want:  # each symmetry exactly once
+        assert sum(np.array_equal(g, w) for g in got) == 1
+    flips = [np.asarray(v) for v in T.tta_views(x, "flips")]
+    assert len(flips) == 4 and all(any(np.array_equal(f, w) for w in want) for f in flips)
+    assert len({f.tobytes() for f in flips}) == 4
+    with pytest.raises(ValueError, match="must be square"):
+        T.tta_views(np.zeros((1, 4, 6, 3)), "dihedral")
+    assert len(T.tta_views(np.zeros((1, 4, 6, 3)), "flips")) == 4
+    with pytest.raises(ValueError, match="'flips', 'dihedral'"):
+        T.make_eval_step(None, None, tta="rot")
+
+
+def test_evaluate_with_tta_averages_the_views_beside_the_plain_report(trained):
+    import zoo
+    from train import model as Mo
+    from train import step as T
+
+    workdir, _ = trained
+    plain_json = os.path.join(workdir, "eval_validation.json")
+    with registered():
+        plain = E.evaluate(workdir, split="validation")
+        before = open(plain_json).read()
+        report = E.evaluate(workdir, split="validation", tta="dihedral")
+        run = E.load_run(workdir)
+        model = Mo.build_model(run["config"], len(run["class_names"]))
+        norm = zoo.spec(run["config"].model.name).normalize
+        size = run["config"].data.image_size
+        x = np.random.default_rng(1).integers(0, 256, (3, size, size, 3)).astype(np.uint8)
+        one = T.make_eval_step(model, norm)
+        mean = np.mean([one(run["state"], {"image": v}) for v in
+                        [np.rot90(y, k, axes=(1, 2)) for y in (x, x[:, ::-1])
+                         for k in range(4)]], axis=0)
+        tta = np.asarray(T.make_eval_step(model, norm, tta="dihedral")(run["state"],
+                                                                         {"image": x}))
+    np.testing.assert_allclose(tta, mean, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tta, one(run["state"], {"image": x}), atol=1e-4)  # not invariant
+    # its own files; the plain report is left as it was
+    assert report["tta"] == "dihedral" and "test-time augmentation dihedral x8" in report["data"]
+    assert report["json"] == os.path.join(workdir, "eval_validation_dihedral.json")
+    assert report["predictions"] == os.path.join(workdir, "predictions_validation_dihedral.csv")
+    assert open(plain_json).read() == before and "tta" not in plain
+    a, b = _rows(plain["predictions"]), _rows(report["predictions"])
+    assert [r["file"] for r in a] == [r["file"] for r in b]
+    assert [r["p_parasitized"] for r in a] != [r["p_parasitized"] for r in b]
+    proc = _script("evaluate", "--workdir", workdir, "--tta", "rot")
+    assert proc.returncode != 0 and "--tta" in proc.stderr and "dihedral" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -293,8 +293,9 @@ def load_splits(workdir: str) -> dict[str, Any]:
     return W.read_json(path, "record of the run's splits")
 
 
-def load_run(workdir: str, which: str = "best") -> dict[str, Any]:
-    """Config, class names, model, jitted eval function and state of a trained workdir."""
+def load_run(workdir: str, which: str = "best", tta: str = "") -> dict[str, Any]:
+    """Config, class names, model, jitted eval function and state of a trained workdir;
+    ``tta``: the eval function averages over those views (``train.step.TTA_VIEWS``)."""
     config = load_config(workdir)
     class_names = tuple(load_splits(workdir)["info"]["classes"])
     root = os.path.join(workdir, "checkpoints")
@@ -311,7 +312,7 @@ def load_run(workdir: str, which: str = "best") -> dict[str, Any]:
     state = T.replicate(T.TrainState(step=jnp.asarray(step, jnp.int32), opt_state={},
                                      rng=jax.random.PRNGKey(0), **variables), mesh)
     return dict(config=config, class_names=class_names, mesh=mesh, state=state,
-                eval_fn=T.jit_eval(T.make_eval_step(model, spec.normalize), mesh),
+                eval_fn=T.jit_eval(T.make_eval_step(model, spec.normalize, tta=tta), mesh),
                 checkpoint=f"{which} step {step}")
 
 
@@ -397,15 +398,18 @@ def _split_indices(workdir: str, c, source: D.Source, split: str,
 
 def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
              positive_class: str | None = None, which: str = "best",
-             rederive: bool = False) -> dict[str, Any]:
+             rederive: bool = False, tta: str = "") -> dict[str, Any]:
     """Evaluate a workdir's checkpoint on its test split or on any data source; write JSON.
 
     With ``data`` equal to the training source (or None) the saved ``split`` (default
     ``test``) is used, after checking the data against what ``splits.json`` recorded
     (refused when it changed, unless ``rederive``: the split's files found by name); any
-    other source is evaluated whole.
+    other source is evaluated whole. ``tta`` ('flips', 'dihedral'): test-time augmentation,
+    the mean probability over each image's views; its results are their own
+    (``eval_<name>_<tta>.json``, ``predictions_<name>_<tta>.csv``), beside the plain ones.
     """
-    run = load_run(workdir, which)
+    T.tta_views(np.zeros((1, 1, 1, 1)), tta)  # a bad name fails before the model loads
+    run = load_run(workdir, which, tta)
     c, class_names = run["config"], run["class_names"]
     data = data or c.data.source
     source = D.open_source(data, seed=c.seed, synthetic_size=c.data.synthetic_size,
@@ -423,10 +427,16 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
                               run["mesh"], close=True)
     pos = positive_class if positive_class is not None else c.positive_class
     groups = split_groups(c, source, indices)
-    report = classification(probs, y, class_names, pos, data=f"{data} ({split} split{how})"
-                            if split != "all" else data, checkpoint=run["checkpoint"],
+    views = f", test-time augmentation {tta} x{T.TTA_VIEWS[tta]}" if tta else ""
+    report = classification(probs, y, class_names, pos,
+                            data=f"{data} ({split} split{how}{views})" if split != "all"
+                            else f"{data}{views and f' ({views[2:]})'}",
+                            checkpoint=run["checkpoint"],
                             target_sensitivity=target_sensitivity(c), groups=groups)
+    if tta:
+        report["tta"] = tta
     name = split if data == c.data.source else f"{data.partition(':')[2] or data}_{split}"
+    name += f"_{tta}" if tta else ""
     report["json"] = write_report(report, probs, y, workdir, name, source=source,
                                   indices=indices, groups=groups)
     from train import explain  # it reads runs through this module

@@ -104,13 +104,47 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable
     return train_step
 
 
-def make_eval_step(model, normalize: Callable, input_key: str = "image") -> Callable:
-    """``eval_step(state, batch) -> probabilities`` in inference mode (float32)."""
+# Test-time augmentation: the views of each image whose probabilities are averaged.
+# 'flips': identity, left-right, up-down and both (= a half turn); 'dihedral': those and
+# their transposes, the 8 symmetries of the square (every quarter turn, with and without a
+# flip), for images with no up or left, such as cells under a microscope.
+TTA_VIEWS = {"": 1, "flips": 4, "dihedral": 8}
+
+
+def tta_views(images: jax.Array, tta: str) -> list[jax.Array]:
+    """The ``TTA_VIEWS[tta]`` views of a ``[N, H, W, C]`` batch, the batch itself first."""
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"test-time augmentation {tta!r}: use one of "
+                         f"{', '.join(repr(k) for k in TTA_VIEWS)} ('' = none)")
+    if not tta:
+        return [images]
+    views = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
+    if tta == "dihedral":
+        if images.shape[1] != images.shape[2]:
+            raise ValueError(f"test-time augmentation 'dihedral' transposes the images: they "
+                             f"must be square (got {images.shape[1]}x{images.shape[2]}); use "
+                             "'flips'")
+        views += [jnp.swapaxes(v, 1, 2) for v in views]
+    return views
+
+
+def make_eval_step(model, normalize: Callable, input_key: str = "image", tta: str = ""
+                   ) -> Callable:
+    """``eval_step(state, batch) -> probabilities`` in inference mode (float32). ``tta``:
+    the mean probability over the views of :func:`tta_views`, all in one batch through the
+    model (on an accelerator, ``TTA_VIEWS[tta]`` times the batch's activations)."""
+    if tta not in TTA_VIEWS:
+        tta_views(jnp.zeros((1, 1, 1, 1)), tta)  # the error
 
     def eval_step(state: TrainState, batch: dict) -> jax.Array:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        logits = model.apply(variables, normalize(batch[input_key]), train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        views = tta_views(batch[input_key], tta)
+        x = views[0] if len(views) == 1 else jnp.concatenate(views)
+        logits = model.apply(variables, normalize(x), train=False)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        if len(views) == 1:
+            return probs
+        return probs.reshape(len(views), -1, probs.shape[-1]).mean(0)
 
     return eval_step
 

@@ -19,6 +19,7 @@ from typing import Any
 import zoo
 from train import evaluate as classification_eval
 from train.detection import evaluate as detection_eval
+from train.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,15 +64,19 @@ def _workdir_kind(workdir: str) -> str:
 
 def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
              positive_class: str | None = None, which: str = "best",
-             rederive: bool = False) -> dict[str, Any]:
+             rederive: bool = False, tta: str = "") -> dict[str, Any]:
     """Evaluate a workdir's checkpoint with its task's metrics; writes ``eval_<name>.json``.
-    ``rederive``: find a split's files again by name in changed data."""
+    ``rederive``: find a split's files again by name in changed data; ``tta``: a
+    classifier's test-time augmentation ('flips', 'dihedral')."""
     if _workdir_kind(workdir) == "detection":  # VOC mAP@0.5 and COCO AP, per class
+        if tta:
+            raise UserError(f"--tta {tta}: test-time augmentation is for classifiers; "
+                            f"{workdir} is a detector (leave --tta out)")
         return detection_eval.evaluate(workdir, data, split=split, which=which,
                                        rederive=rederive)
     return classification_eval.evaluate(workdir, data, split=split,
                                         positive_class=positive_class, which=which,
-                                        rederive=rederive)
+                                        rederive=rederive, tta=tta)
 
 
 def predict(workdir: str, paths: Sequence[str], which: str = "best") -> list[dict[str, Any]]:
