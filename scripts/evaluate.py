@@ -14,9 +14,11 @@ hash of each image and annotation): a split whose files were added, removed or c
 refused the same way, and ``--rederive`` evaluates the recorded files found again by name.
 A previous ``eval_<name>.json`` with other numbers is kept as ``eval_<name>.<n>.json``.
 
-``--tta flips|dihedral`` (classifiers): test-time augmentation, each image's probabilities
-averaged over its 4 flips or its 8 flips and quarter turns, in one batch through the model;
-the results are ``eval_<name>_<tta>.json`` (and its CSV and plots), beside the plain ones.
+``--tta flips|dihedral|none`` (classifiers): test-time augmentation, each image's
+probabilities averaged over its 4 flips or its 8 flips and quarter turns, in one batch
+through the model. Left out, the run's own ``config.tta`` applies (what training's report
+used); another choice writes ``eval_<name>_<tta>.json`` (``_plain`` for none, and its CSV and
+plots) beside the run's own.
 
 It prints one summary line and the paths of what it wrote: ``eval_<name>.json`` and, for a
 classifier, ``predictions_<name>.csv`` (one row per image) beside the plots
@@ -39,9 +41,10 @@ flags.DEFINE_string("positive_class", None, "Class for sensitivity/specificity/R
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint.")
 flags.DEFINE_bool("rederive", False, "When the run's data changed since training: find the "
                   "split's files again by name (new files are left out) instead of refusing.")
-flags.DEFINE_enum("tta", "", ["", "flips", "dihedral"], "A classifier's test-time "
+flags.DEFINE_enum("tta", None, ["none", "flips", "dihedral"], "A classifier's test-time "
                   "augmentation: the mean probability over each image's flips (4 views) or "
-                  "flips and quarter turns (dihedral, 8); written as eval_<name>_<tta>.json.")
+                  "flips and quarter turns (dihedral, 8). Default: the run's config.tta; "
+                  "another is written as eval_<name>_<tta>.json (none: _plain).")
 flags.DEFINE_bool("print_json", False, "Print the whole report as JSON (for a pipe).")
 flags.mark_flag_as_required("workdir")
 

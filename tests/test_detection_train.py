@@ -72,6 +72,14 @@ def test_resume_is_a_no_op_and_evaluate_matches(trained):
     ev = DE.evaluate(workdir)
     assert ev["voc_map50"] == pytest.approx(report["voc_map50"])
     assert DE.is_detection_run(workdir)
+    # test-time augmentation is a classifier's: refused by name, before anything runs
+    from train import task
+    from train.errors import UserError
+
+    with pytest.raises(UserError, match="--tta flips: test-time augmentation is for classif"):
+        task.evaluate(workdir, tta="flips")
+    with pytest.raises(ValueError, match="config.tta='flips': test-time augmentation is for"):
+        loop.train_and_evaluate(tiny_config(tta="flips"), str(workdir) + "_tta")
 
 
 @pytest.mark.slow

@@ -525,3 +525,19 @@ def test_evaluate_with_tta_averages_the_views_beside_the_plain_report(trained):
     proc = _script("evaluate", "--workdir", workdir, "--tta", "rot")
     assert proc.returncode != 0 and "--tta" in proc.stderr and "dihedral" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_config_tta_is_the_runs_final_report_and_evaluates_default(tmp_path):
+    workdir = str(tmp_path / "tta")
+    with registered():
+        report = loop.train_and_evaluate(tiny_config(tta="flips"), workdir)
+        again = E.evaluate(workdir)  # the run's own choice, into the run's own files
+        plain = E.evaluate(workdir, tta="none")
+    assert report["tta"] == "flips" and "(test split, test-time augmentation flips x4)" in \
+        report["data"]
+    assert again["json"] == os.path.join(workdir, "eval_test.json")
+    assert again["confusion_matrix"] == report["confusion_matrix"] and again["tta"] == "flips"
+    assert not [f for f in os.listdir(workdir) if f.startswith("eval_test.1")]  # same numbers
+    assert plain["json"] == os.path.join(workdir, "eval_test_plain.json") and "tta" not in plain
+    probs = lambda r: [x["p_parasitized"] for x in _rows(r["predictions"])]  # noqa: E731
+    assert probs(again) == probs(report) != probs(plain)

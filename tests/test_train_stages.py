@@ -20,10 +20,15 @@ def tiny():
 
 def test_two_stages_in_one_run(tiny, tmp_path):
     workdir = str(tmp_path)
-    report = loop.train_and_evaluate(tiny_config(stages=STAGES), workdir)
+    report = loop.train_and_evaluate(tiny_config(stages=STAGES, tta="dihedral"), workdir)
     log = open(os.path.join(workdir, "train.log")).read()
     assert "===== stage 1" in log and "===== stage 2" in log
     assert "cached backbone features" in log  # stage 1: frozen, no augmentation
+    # test-time augmentation needs images: not in stage 1's report, in the last stage's
+    assert "test-time augmentation 'dihedral' is off in this run's report" in log
+    assert report["tta"] == "dihedral"
+    first = json.load(open(os.path.join(workdir, "stage1", "eval_test.json")))
+    assert "tta" not in first and "augmentation" not in first["data"]
     assert "policy finetune:1, init" in log and "stage1" in log  # stage 2 starts from stage 1
     rows = [json.loads(x) for x in open(os.path.join(workdir, "history.jsonl"))]
     val = [(r["stage"], r["epoch"]) for r in rows if r["split"] == "validation"]

@@ -98,6 +98,14 @@ def setup(config, workdir: str, mesh) -> Task:
         model, norm, key = FE.head_model(config, len(names)), FE.identity, FE.INPUT
     elif config.policy == "frozen":
         log.info("not caching backbone features: %s", why_not)
+    tta = config.get("tta", "")
+    T.tta_views(np.zeros((1, 1, 1, 1)), tta)  # a bad name fails before training
+    if tta and why_not is None:
+        log.info("test-time augmentation %r is off in this run's report: it trains and "
+                 "evaluates on cached features, not images (transfer-zoo evaluate applies it)",
+                 tta)
+        tta = ""
+    tta_fn = T.jit_eval(T.make_eval_step(model, norm, key, tta=tta), mesh) if tta else None
 
     def validate(eval_fn, state) -> dict | None:
         if not len(loaders["validation"].indices):
@@ -109,14 +117,17 @@ def setup(config, workdir: str, mesh) -> Task:
     def finish(eval_fn, state, checkpoint: str) -> dict:
         split = "test" if len(splits["test"]) else "validation"
         loader = loaders.get(split) or make_loader(config, source, splits[split], train=False)
-        probs, labels = E.predict_loader(eval_fn, state, loader, mesh)
+        probs, labels = E.predict_loader(tta_fn or eval_fn, state, loader, mesh)
         for done in {id(x): x for x in (*loaders.values(), loader)}.values():
             getattr(done, "close", lambda: None)()  # the run's last pass: workers stop
         groups = E.split_groups(config, source, splits[split])
         report = E.classification(probs, labels, names, config.positive_class,
-                                  data=f"{config.data.source} ({split} split)",
+                                  data=f"{config.data.source} ({split} split"
+                                  f"{E.tta_words(tta)})",
                                   checkpoint=checkpoint, groups=groups,
                                   target_sensitivity=E.target_sensitivity(config))
+        if tta:
+            report["tta"] = tta
         E.write_report(report, probs, labels, workdir, split, source=source,
                        indices=splits[split], groups=groups)
         explain.report_grid(report, {"config": config, "class_names": names, "state": state},

@@ -398,16 +398,19 @@ def _split_indices(workdir: str, c, source: D.Source, split: str,
 
 def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
              positive_class: str | None = None, which: str = "best",
-             rederive: bool = False, tta: str = "") -> dict[str, Any]:
+             rederive: bool = False, tta: str | None = None) -> dict[str, Any]:
     """Evaluate a workdir's checkpoint on its test split or on any data source; write JSON.
 
     With ``data`` equal to the training source (or None) the saved ``split`` (default
     ``test``) is used, after checking the data against what ``splits.json`` recorded
     (refused when it changed, unless ``rederive``: the split's files found by name); any
-    other source is evaluated whole. ``tta`` ('flips', 'dihedral'): test-time augmentation,
-    the mean probability over each image's views; its results are their own
-    (``eval_<name>_<tta>.json``, ``predictions_<name>_<tta>.csv``), beside the plain ones.
+    other source is evaluated whole. ``tta`` ('flips', 'dihedral'; 'none' or '': off;
+    None: the run's ``config.tta``): test-time augmentation, the mean probability over each
+    image's views. Other than the run's own, its results are their own
+    (``eval_<name>_<tta>.json``, or ``_plain`` without, and the CSV), beside the run's.
     """
+    own = load_config(workdir).get("tta", "")
+    tta = own if tta is None else ("" if tta == "none" else tta)
     T.tta_views(np.zeros((1, 1, 1, 1)), tta)  # a bad name fails before the model loads
     run = load_run(workdir, which, tta)
     c, class_names = run["config"], run["class_names"]
@@ -427,7 +430,7 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
                               run["mesh"], close=True)
     pos = positive_class if positive_class is not None else c.positive_class
     groups = split_groups(c, source, indices)
-    views = f", test-time augmentation {tta} x{T.TTA_VIEWS[tta]}" if tta else ""
+    views = tta_words(tta)
     report = classification(probs, y, class_names, pos,
                             data=f"{data} ({split} split{how}{views})" if split != "all"
                             else f"{data}{views and f' ({views[2:]})'}",
@@ -436,7 +439,7 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
     if tta:
         report["tta"] = tta
     name = split if data == c.data.source else f"{data.partition(':')[2] or data}_{split}"
-    name += f"_{tta}" if tta else ""
+    name += "" if tta == own else f"_{tta or 'plain'}"
     report["json"] = write_report(report, probs, y, workdir, name, source=source,
                                   indices=indices, groups=groups)
     from train import explain  # it reads runs through this module
@@ -444,6 +447,11 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
     # every process runs the model (its state spans them); the first draws and writes
     explain.report_grid(report, run, source, indices, probs, y, workdir, name)
     return report
+
+
+def tta_words(tta: str) -> str:
+    """``', test-time augmentation dihedral x8'`` for a report's data line ('' for none)."""
+    return f", test-time augmentation {tta} x{T.TTA_VIEWS[tta]}" if tta else ""
 
 
 def _map_labels(source: D.Source, class_names: Sequence[str]) -> np.ndarray:

@@ -64,12 +64,12 @@ def _workdir_kind(workdir: str) -> str:
 
 def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
              positive_class: str | None = None, which: str = "best",
-             rederive: bool = False, tta: str = "") -> dict[str, Any]:
+             rederive: bool = False, tta: str | None = None) -> dict[str, Any]:
     """Evaluate a workdir's checkpoint with its task's metrics; writes ``eval_<name>.json``.
     ``rederive``: find a split's files again by name in changed data; ``tta``: a
-    classifier's test-time augmentation ('flips', 'dihedral')."""
+    classifier's test-time augmentation ('flips', 'dihedral', 'none'; None: the run's)."""
     if _workdir_kind(workdir) == "detection":  # VOC mAP@0.5 and COCO AP, per class
-        if tta:
+        if tta and tta != "none":
             raise UserError(f"--tta {tta}: test-time augmentation is for classifiers; "
                             f"{workdir} is a detector (leave --tta out)")
         return detection_eval.evaluate(workdir, data, split=split, which=which,

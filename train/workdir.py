@@ -48,7 +48,7 @@ LOG_NAME = "train.log"
 RESUMABLE = frozenset({
     "progress", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "num_devices", "features_dir", "data.workers", "data.prefetch", "data.cache",
-    "data.cache_mb", "data.processes", "target_sensitivity",
+    "data.cache_mb", "data.processes", "target_sensitivity", "tta",
     "data.download", "data.tfds_data_dir",
 })
 

@@ -136,6 +136,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.positive_class = ""  # sensitivity/specificity/ROC for this class ('' = class 0)
     c.target_sensitivity = 0.95  # evaluation: the threshold reaching it, and its specificity
+    # A classifier's final test report (and `evaluate`'s default): test-time augmentation,
+    # each image's probabilities averaged over its views: '' none, 'flips' (4), 'dihedral'
+    # (8: flips and quarter turns). Validation (checkpoint choice) stays single-view.
+    c.tta = ""
     c.best_metric = "accuracy"  # validation metric that picks the best checkpoint
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 2

@@ -32,6 +32,9 @@ VALIDATION = ("voc_map50", "coco_ap", "coco_ap50")
 def setup(config, workdir: str, mesh) -> Task:
     """Open the splits, write ``splits.json``, ``classes.json`` and ``anchors.json``, build
     the detector."""
+    if config.get("tta"):
+        raise ValueError(f"config.tta={config.tta!r}: test-time augmentation is for "
+                         "classifiers; leave it '' for a detector")
     det = config.detection
     train_src = B.open_split(config, det.train_split)
     names = train_src.class_names
