@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from train import loop
-from train.configs import shapes_yolo
+from train.configs import base, shapes_yolo
 from train.detection import build as B
 from train.detection import evaluate as DE
 from train.detection.data import shapes_example
@@ -30,12 +30,7 @@ def tiny_config(**over):
     c.log_every_steps = 1
     c.detection.max_boxes = 4
     c.dtype = "float32"
-    for k, v in over.items():
-        target, key = c, k.split(".")
-        for part in key[:-1]:
-            target = target[part]
-        target[key[-1]] = v
-    return c
+    return base.override(c, over)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import zoo
 from train import evaluate as E
 from train import loop
-from train.configs import malaria, malaria_scratch
+from train.configs import base, malaria, malaria_scratch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -31,13 +31,7 @@ def _reduced(config, **overrides):
     config.data.source = f"folder:{IMAGES}"
     config.data.limit = 1200
     config.progress = False
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return base.override(config, overrides)
 
 
 def test_malaria_recipe_reduced(tmp_path):

@@ -22,7 +22,7 @@ import os
 import pytest
 
 from train import loop
-from train.configs import bccd_yolo, malaria
+from train.configs import base, bccd_yolo, malaria
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -43,13 +43,7 @@ def _need(*paths: str) -> None:
 
 def _set(config, **overrides):
     config.unlock()
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return base.override(config, overrides)
 
 
 def _history(workdir) -> list[dict]:

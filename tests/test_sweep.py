@@ -38,6 +38,25 @@ def test_every_registered_classifier_has_a_malaria_row_above_its_minimum_size():
         malaria_zoo.get_config("vgg61")
 
 
+def test_a_rows_settings_are_dotted_overrides_of_the_shared_ones():
+    from train.configs import base, malaria_scratch
+
+    shared, row = malaria_scratch.get_config(), malaria_zoo.get_config("alexnet")
+    assert (row.data.image_size, row.learning_rate, row.warmup_steps, row.epochs) == \
+        (128, 3e-4, 100, 6)
+    assert row.head.kind == "mlp" and row.recompute_bn_batches == 16
+    assert row.batch_size == shared.batch_size and row.data.augment.rotate90
+    frozen = malaria_zoo.get_config("mobilenet_0.25_imagenet_frozen")
+    assert frozen.model.alpha == 0.25 and frozen.init == "imagenet"
+    assert not (frozen.data.augment.hflip or frozen.data.augment.vflip
+                or frozen.data.augment.rotate90)  # augment='off'
+    assert malaria_zoo.get_config("resnet18").head.kind == "reference"
+    with pytest.raises(ValueError, match="only 'off'"):
+        base.override(base.get_config(), {"augment": "on"})
+    with pytest.raises(KeyError, match="nosuchkey"):
+        base.override(malaria_scratch.get_config(), {"data.nosuchkey": 1})  # locked
+
+
 def test_bad_rows_and_overrides_are_named():
     with pytest.raises(sweep.SweepError, match="unknown rows vgg61"):
         sweep.select(malaria_zoo.ROWS, ["vgg16", "vgg61"])

@@ -76,7 +76,7 @@ def registered():
 
 def tiny_config(**overrides: Any):
     """The synthetic recipe shrunk to the tiny net: 16 px, 96 images, batch 8, 2 epochs."""
-    from train.configs import synthetic
+    from train.configs import base, synthetic
 
     c = synthetic.get_config()
     c.model.name = NAME
@@ -88,10 +88,4 @@ def tiny_config(**overrides: Any):
     c.checkpoint_every_steps = 3
     c.log_every_steps = 4
     c.progress = False
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return base.override(c, overrides)

@@ -152,3 +152,22 @@ def locked(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Lock a recipe so that unknown keys are errors."""
     c.lock()
     return c
+
+
+def override(c: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+    """Set dotted keys (``{'data.image_size': 96}``) on ``c``, as ``--config.<key>`` would;
+    ``augment='off'`` turns every ``data.augment`` flip and quarter turn off (a frozen run
+    on cached features). A new key needs ``c`` unlocked (a locked one refuses it, naming it).
+    Returns ``c``."""
+    for key, value in values.items():
+        if key == "augment":
+            if value != "off":
+                raise ValueError(f"augment={value!r}: only 'off' is known")
+            c.data.augment.hflip = c.data.augment.vflip = c.data.augment.rotate90 = False
+            continue
+        *parents, leaf = key.split(".")
+        target = c
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return c

@@ -3,9 +3,10 @@
   transfer-zoo train --config malaria_zoo:vgg16 --workdir runs/zoo/vgg16
   transfer-zoo sweep --config malaria_zoo --out runs/zoo [--rows vgg16,resnet50]
 
-A row is ``malaria_zoo:<row>``: the shared settings below (NIH's cells split by patient
-slide, flips and quarter turns, AdamW, 4 epochs, batch-norm statistics recomputed before
-each validation) with the row's own in :data:`FAMILIES`
+A row is ``malaria_zoo:<row>``: the shared settings (``malaria_scratch``'s: NIH's cells split
+by patient slide, 64 px, flips and quarter turns, AdamW at 1e-3, 4 epochs; here with the
+model's own head and batch-norm statistics recomputed before each validation) with the
+row's own in :data:`FAMILIES`
 (resolution above the model's minimum, head, learning rate, batch size): data, not code in
 the sweep. Rows without weights train from scratch (the CPU here has ImageNet weights for
 MobileNet v1 0.25 and v2 0.35 only); online, ``--config.init=imagenet
@@ -16,8 +17,7 @@ reached on held-out slides, with its command. After changing a row's settings, r
 again with ``transfer-zoo sweep ... --rows ROW --overwrite`` (its old run is discarded).
 """
 
-from train.configs import base
-from train.configs.malaria import malaria_data
+from train.configs import base, malaria_scratch
 
 # Row -> settings over the shared ones. Order: the rows most likely to fall short of 93%
 # first (no batch norm, large strides, the deepest), so that a sweep of "all" spends its
@@ -77,29 +77,12 @@ def get_config(row: str = ""):
     if row not in FAMILIES:
         raise ValueError(f"malaria_zoo needs a row, --config malaria_zoo:<row> (got {row!r}); "
                          f"rows: {', '.join(ROWS)}")
-    c = base.get_config()
+    c = malaria_scratch.get_config()  # NIH by slide, 64 px, flips and turns, 4 epochs, 1e-3
+    c.unlock()
     c.model.name = row
-    c.policy = "scratch"
-    malaria_data(c)
-    c.data.image_size = 64
-    c.data.augment.hflip = True
-    c.data.augment.vflip = True
-    c.data.augment.rotate90 = True
-    c.batch_size = 64
-    c.epochs = 4
-    c.learning_rate = 1e-3
+    c.head.kind = "reference"  # the model's own head unless the row says otherwise
     # Keras' batch-norm momenta (0.99, 0.999) lag a short run from scratch: MobileNet v1 went
     # 0.84 in training and 0.51-0.56 in validation on its moving averages. PreciseBN
     # (train/precise_bn.py) sets them from 16 training batches before each validation.
     c.recompute_bn_batches = 16
-    c.positive_class = "parasitized"
-    for key, value in FAMILIES[row].items():
-        if key == "augment":  # "off": no augmentation (a frozen run on cached features)
-            c.data.augment.hflip = c.data.augment.vflip = c.data.augment.rotate90 = False
-            continue
-        *parents, leaf = key.split(".")
-        target = c
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
-    return base.locked(c)
+    return base.locked(base.override(c, FAMILIES[row]))
