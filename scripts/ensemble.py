@@ -6,7 +6,9 @@
 The members must have been evaluated on the same images (the same data, seed and
 ``group_regex``: their ``predictions_<split>.csv``); nothing is run again. The ensemble's
 ``eval_<split>.json`` (with each member's accuracy), ``predictions_<split>.csv`` and plots
-go to ``--out``; one summary line is printed.
+go to ``--out``; one summary line is printed. A member ``W@NAME`` uses that run's
+``predictions_<NAME>.csv`` instead (``runs/a@test_dihedral``: its test-time augmented
+results, or ``runs/b@test_plain``: the plain ones of a run whose own report used it).
 """
 
 from absl import app, flags
@@ -15,7 +17,8 @@ from scripts import cli
 from train import ensemble, evaluate, logs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workdirs", None, "Two or more evaluated training workdirs.")
+flags.DEFINE_list("workdirs", None, "Two or more evaluated training workdirs (W@NAME: "
+                  "that run's predictions_<NAME>.csv instead of --split's).")
 flags.DEFINE_string("out", None, "Folder for the ensemble's results.")
 flags.DEFINE_string("split", "test", "The split the members were evaluated on.")
 flags.DEFINE_string("positive_class", None, "Class for sensitivity/specificity/ROC AUC "

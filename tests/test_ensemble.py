@@ -47,6 +47,24 @@ def test_two_members_wrong_on_different_images_are_right_together(tmp_path):
     assert os.path.getsize(tmp_path / "ens" / "roc_test.png") > 1000
 
 
+def test_a_member_at_name_uses_its_results_of_that_name(tmp_path):
+    a = member(tmp_path / "a", [[0.9, 0.1], [0.45, 0.55], [0.2, 0.8], [0.1, 0.9]])
+    b = member(tmp_path / "b", [[0.1, 0.9]] * 4)  # its plain results: half wrong
+    os.rename(os.path.join(b, "predictions_test.csv"),
+              os.path.join(b, "predictions_test_plain.csv"))
+    member(tmp_path / "b", [[0.8, 0.2], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])  # its own (TTA)
+    with pytest.raises(ensemble.EnsembleError, match="predictions_test_dihedral.csv does not"):
+        ensemble.ensemble([a, f"{b}@test_dihedral"], str(tmp_path / "e0"))
+    own = ensemble.ensemble([a, b], str(tmp_path / "e1"))
+    plain = ensemble.ensemble([a, f"{b}@test_plain"], str(tmp_path / "e2"))
+    assert own["accuracy"] == 1.0 and plain["accuracy"] == 0.75
+    assert [m["predictions"] for m in plain["members"]] == ["predictions_test.csv",
+                                                            "predictions_test_plain.csv"]
+    assert ensemble.member_spec("runs/a@b/c", "test") == ("runs/a@b/c", "test")  # a folder
+    with pytest.raises(ensemble.EnsembleError, match="name the results after '@'"):
+        ensemble.member_spec("runs/a@", "test")
+
+
 def test_members_are_aligned_by_file_name(tmp_path):
     probs = np.array([[0.9, 0.1], [0.45, 0.55], [0.2, 0.8], [0.1, 0.9]])
     a = member(tmp_path / "a", probs)

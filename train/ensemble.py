@@ -51,6 +51,18 @@ def read_member(workdir: str, split: str) -> dict[str, Any]:
             "target_sensitivity": config.get("target_sensitivity", E.TARGET_SENSITIVITY)}
 
 
+def member_spec(member: str, split: str) -> tuple[str, str]:
+    """``'runs/a'`` -> ``('runs/a', split)``; ``'runs/a@test_dihedral'`` -> that run's
+    results of another name (``predictions_test_dihedral.csv``: e.g. test-time augmentation
+    for one member, or the plain results of a run whose own report used it)."""
+    workdir, at, name = member.rpartition("@")
+    if not at or os.sep in name:
+        return member, split
+    if not name:
+        raise EnsembleError(f"{member!r}: name the results after '@' (e.g. {workdir}@test)")
+    return workdir, name
+
+
 def align(members: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The members with their rows in the first member's order, after checking that they
     hold the same images (by file name), labels and classes."""
@@ -86,7 +98,7 @@ def ensemble(workdirs: Sequence[str], out: str, split: str = "test",
     the report (``report['json']`` its path)."""
     if len(workdirs) < 2:
         raise EnsembleError(f"an ensemble needs two or more workdirs (got {len(workdirs)})")
-    members = align([read_member(w, split) for w in workdirs])
+    members = align([read_member(*member_spec(w, split)) for w in workdirs])
     first = members[0]
     probs = np.mean([m["probs"] for m in members], axis=0)
     labels, names = first["labels"], first["classes"]
@@ -95,6 +107,7 @@ def ensemble(workdirs: Sequence[str], out: str, split: str = "test",
         probs, labels, names, pos, target_sensitivity=float(first["target_sensitivity"]),
         groups=first["groups"], data=f"ensemble of {len(members)} ({split} split)",
         members=[{"workdir": os.path.abspath(m["workdir"]),
+                  "predictions": os.path.basename(m["path"]),
                   "accuracy": float(np.mean(m["probs"].argmax(-1) == labels))}
                  for m in members])
     os.makedirs(out, exist_ok=True)
