@@ -222,7 +222,7 @@ def test_cpu_traced_models_lower_for_accelerators_without_cpu_kernels(monkeypatc
             assert text.count("stablehlo.convolution") >= spatial_kernels(v)
 
 
-def _project_steps(name: str, dtype, size: int = 32, batch: int = 16):
+def _project_steps(name: str, dtype, size: int = 32, batch: int = 16, tta: str = ""):
     """The project's jitted train and eval steps (train.step) on an abstract 8-device mesh,
     and abstract arguments sharded as the loop shards them."""
     mesh = AbstractMesh((8,), ("data",))
@@ -233,7 +233,7 @@ def _project_steps(name: str, dtype, size: int = 32, batch: int = 16):
         "params": v["params"], "batch_stats": v["batch_stats"]})
     train, evaluate = T.jit_steps(
         T.make_train_step(model, tx, lambda path: True, lambda x: x / 127.5 - 1),
-        T.make_eval_step(model, lambda x: x / 127.5 - 1), mesh)
+        T.make_eval_step(model, lambda x: x / 127.5 - 1, tta=tta), mesh)
     batch = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
              "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
              "mask": jax.ShapeDtypeStruct((batch,), jnp.float32)}
@@ -255,6 +255,19 @@ def test_project_steps_partition_over_8_devices_for_cuda_and_tpu(dtype):
             assert custom_calls(text) == set(), platform
             if dtype == "bfloat16":
                 assert "stablehlo.convolution" in text and "bf16" in text
+
+
+def test_test_time_augmented_eval_step_partitions_over_8_devices_for_cuda_and_tpu():
+    """The dihedral eval step (8 views of each image in one batch) keeps the batch split
+    along 'data' and returns one probability row per image, for cuda and tpu."""
+    _, evaluate, state, batch = _project_steps("resnet18", jnp.float32, tta="dihedral")
+    traced = evaluate.trace(state, batch)
+    assert traced.out_info.shape == (16, 5)
+    for platform in ("cuda", "tpu"):
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+        assert re.findall(r"mhlo.num_partitions = (\d+)", text) == ["8"], platform
+        assert custom_calls(text) == set(), platform
+        assert "tensor<128x32x32x3xf32>" in text, platform  # 8 views x 16 images
 
 
 class _Small(nn.Module):

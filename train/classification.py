@@ -98,8 +98,7 @@ def setup(config, workdir: str, mesh) -> Task:
         model, norm, key = FE.head_model(config, len(names)), FE.identity, FE.INPUT
     elif config.policy == "frozen":
         log.info("not caching backbone features: %s", why_not)
-    tta = config.get("tta", "")
-    T.tta_views(np.zeros((1, 1, 1, 1)), tta)  # a bad name fails before training
+    tta = T.check_tta(config.get("tta", ""))  # a bad name fails before training
     if tta and why_not is None:
         log.info("test-time augmentation %r is off in this run's report: it trains and "
                  "evaluates on cached features, not images (transfer-zoo evaluate applies it)",

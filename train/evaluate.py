@@ -411,7 +411,7 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
     """
     own = load_config(workdir).get("tta", "")
     tta = own if tta is None else ("" if tta == "none" else tta)
-    T.tta_views(np.zeros((1, 1, 1, 1)), tta)  # a bad name fails before the model loads
+    T.check_tta(tta)  # a bad name fails before the model loads
     run = load_run(workdir, which, tta)
     c, class_names = run["config"], run["class_names"]
     data = data or c.data.source

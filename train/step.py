@@ -111,12 +111,17 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable: Callable
 TTA_VIEWS = {"": 1, "flips": 4, "dihedral": 8}
 
 
-def tta_views(images: jax.Array, tta: str) -> list[jax.Array]:
-    """The ``TTA_VIEWS[tta]`` views of a ``[N, H, W, C]`` batch, the batch itself first."""
+def check_tta(tta: str) -> str:
+    """``tta`` if it names a :data:`TTA_VIEWS` entry, else a ValueError listing them."""
     if tta not in TTA_VIEWS:
         raise ValueError(f"test-time augmentation {tta!r}: use one of "
                          f"{', '.join(repr(k) for k in TTA_VIEWS)} ('' = none)")
-    if not tta:
+    return tta
+
+
+def tta_views(images: jax.Array, tta: str) -> list[jax.Array]:
+    """The ``TTA_VIEWS[tta]`` views of a ``[N, H, W, C]`` batch, the batch itself first."""
+    if not check_tta(tta):
         return [images]
     views = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
     if tta == "dihedral":
@@ -133,8 +138,7 @@ def make_eval_step(model, normalize: Callable, input_key: str = "image", tta: st
     """``eval_step(state, batch) -> probabilities`` in inference mode (float32). ``tta``:
     the mean probability over the views of :func:`tta_views`, all in one batch through the
     model (on an accelerator, ``TTA_VIEWS[tta]`` times the batch's activations)."""
-    if tta not in TTA_VIEWS:
-        tta_views(jnp.zeros((1, 1, 1, 1)), tta)  # the error
+    check_tta(tta)
 
     def eval_step(state: TrainState, batch: dict) -> jax.Array:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
