@@ -142,3 +142,18 @@ def test_a_sweep_interrupted_mid_row_resumes_and_tabulates(tmp_path):
     third = subprocess.run(sweep_cmd(out), cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
     assert third.returncode == 0 and third.stderr.count("finished before, skipped") == 2
+
+
+def test_a_test_time_augmented_row_says_so_in_its_policy(tmp_path):
+    """The table's test figures of a run with config.tta are augmented: its policy says so."""
+    import json
+
+    w = tmp_path / "row"
+    w.mkdir()
+    (w / "config.json").write_text(json.dumps({"model": {"name": "resnet18"}, "policy": "scratch",
+                                               "epochs": 6, "data": {"image_size": 96}}))
+    (w / "eval_test.json").write_text(json.dumps({"accuracy": 0.9586, "tta": "dihedral"}))
+    row = sweep.summarize(str(w))
+    assert row["policy"] == "scratch, tta dihedral" and row["accuracy"] == 0.9586
+    (w / "eval_test.json").write_text(json.dumps({"accuracy": 0.9597}))
+    assert sweep.summarize(str(w))["policy"] == "scratch"

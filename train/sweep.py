@@ -228,6 +228,8 @@ def summarize(workdir: str) -> dict[str, Any]:
     if os.path.exists(result):
         r = W.read_json(result, "test result")
         out.update({k: r.get(k) for k in ("accuracy", "sensitivity", "specificity", "roc_auc")})
+        if r.get("tta") and out.get("policy"):  # the test figures are test-time augmented
+            out["policy"] = f"{out['policy']}, tta {r['tta']}"
     return out
 
 
