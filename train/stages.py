@@ -24,7 +24,6 @@ Re-running the command resumes: finished stages only re-evaluate.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from typing import Any
 import ml_collections
 
 from train import logs, plots
-from train.pipeline import Augment
+from train.configs import base
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +97,7 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str
             if key == "augment":
                 if text != "off":
                     raise ValueError("config.stages: augment=off is the only augment value")
-                for f in dataclasses.fields(Augment):
-                    c.data.augment[f.name] = f.default  # every augmentation off
+                base.augment_off(c)
                 c.detection.update(NO_DETECTION_AUGMENT)
                 continue
             *parents, leaf = key.split(".")

@@ -156,14 +156,13 @@ def locked(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def override(c: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
     """Set dotted keys (``{'data.image_size': 96}``) on ``c``, as ``--config.<key>`` would;
-    ``augment='off'`` turns every ``data.augment`` flip and quarter turn off (a frozen run
-    on cached features). A new key needs ``c`` unlocked (a locked one refuses it, naming it).
-    Returns ``c``."""
+    ``augment='off'``: :func:`augment_off` (a frozen run on cached features). A new key
+    needs ``c`` unlocked (a locked one refuses it, naming it). Returns ``c``."""
     for key, value in values.items():
         if key == "augment":
             if value != "off":
                 raise ValueError(f"augment={value!r}: only 'off' is known")
-            c.data.augment.hflip = c.data.augment.vflip = c.data.augment.rotate90 = False
+            augment_off(c)
             continue
         *parents, leaf = key.split(".")
         target = c
@@ -171,3 +170,14 @@ def override(c: ml_collections.ConfigDict, values: dict) -> ml_collections.Confi
             target = target[part]
         target[leaf] = value
     return c
+
+
+def augment_off(c: ml_collections.ConfigDict) -> None:
+    """Every ``data.augment`` key to its default: no augmentation (``augment=off`` of a
+    row here and of a stage in ``train.stages``)."""
+    import dataclasses
+
+    from train.pipeline import Augment
+
+    for f in dataclasses.fields(Augment):
+        c.data.augment[f.name] = f.default
