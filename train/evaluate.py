@@ -293,10 +293,12 @@ def load_splits(workdir: str) -> dict[str, Any]:
     return W.read_json(path, "record of the run's splits")
 
 
-def load_run(workdir: str, which: str = "best", tta: str = "") -> dict[str, Any]:
+def load_run(workdir: str, which: str = "best", tta: str | None = "") -> dict[str, Any]:
     """Config, class names, model, jitted eval function and state of a trained workdir;
-    ``tta``: the eval function averages over those views (``train.step.TTA_VIEWS``)."""
+    ``tta``: the eval function averages over those views (``train.step.TTA_VIEWS``; None:
+    the run's ``config.tta``), returned as ``run['tta']``."""
     config = load_config(workdir)
+    tta = T.check_tta(config.get("tta", "") if tta is None else tta)  # before the restore
     class_names = tuple(load_splits(workdir)["info"]["classes"])
     root = os.path.join(workdir, "checkpoints")
     if which == "best" and not C.Checkpoints.steps(os.path.join(root, "best")):
@@ -313,7 +315,7 @@ def load_run(workdir: str, which: str = "best", tta: str = "") -> dict[str, Any]
                                      rng=jax.random.PRNGKey(0), **variables), mesh)
     return dict(config=config, class_names=class_names, mesh=mesh, state=state,
                 eval_fn=T.jit_eval(T.make_eval_step(model, spec.normalize, tta=tta), mesh),
-                checkpoint=f"{which} step {step}")
+                checkpoint=f"{which} step {step}", tta=tta)
 
 
 MODEL_COLLECTIONS = ("params", "batch_stats")
@@ -409,11 +411,9 @@ def evaluate(workdir: str, data: str | None = None, *, split: str | None = None,
     image's views. Other than the run's own, its results are their own
     (``eval_<name>_<tta>.json``, or ``_plain`` without, and the CSV), beside the run's.
     """
-    own = load_config(workdir).get("tta", "")
-    tta = own if tta is None else ("" if tta == "none" else tta)
-    T.check_tta(tta)  # a bad name fails before the model loads
-    run = load_run(workdir, which, tta)
-    c, class_names = run["config"], run["class_names"]
+    run = load_run(workdir, which, "" if tta == "none" else tta)
+    c, class_names, tta = run["config"], run["class_names"], run["tta"]
+    own = c.get("tta", "")
     data = data or c.data.source
     source = D.open_source(data, seed=c.seed, synthetic_size=c.data.synthetic_size,
                            tfds_split=c.data.tfds_split, tfds_data_dir=c.data.tfds_data_dir,
