@@ -6,9 +6,14 @@ import csv
 import itertools
 import json
 import logging
+import math
+import numbers
 import os
+import re
 import sys
 from typing import Any
+
+from train.workdir import flat as flatten
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +159,6 @@ HPARAMS = ("model.name", "model.options", "head.kind", "init", "policy", "finetu
 
 def hparams(config) -> dict[str, str | float | bool]:
     """The run's key hyperparameters (:data:`HPARAMS`) as TensorBoard hparams values."""
-    from train.workdir import flat as flatten
-
     flat = flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     flat["model.options"] = " ".join(f"{k[6:]}={v}" for k, v in sorted(flat.items())
                                      if k.startswith("model.") and k != "model.name")
@@ -179,10 +182,6 @@ def final_metrics(report: dict[str, Any], rows: list[dict[str, Any]], best_metri
     evaluation report (``test/accuracy``, ``test/roc_auc``, ``test/sensitivity``...; the
     split the report names) and the best validation ``best_metric`` of the history
     (``validation/best_<metric>``)."""
-    import math
-    import numbers
-    import re
-
     def number(v: Any) -> bool:  # floats (NumPy's too), not counts or flags
         return (isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)
                 and math.isfinite(v))
