@@ -117,6 +117,35 @@ def test_mlp_head_lives_under_head_and_backbone_keeps_zoo_paths(tiny):
         p for p in paths if p.startswith("head/")}
 
 
+def test_full_rate_groups_train_at_the_heads_rate(tiny):
+    """A group in full_rate_groups (a detector's new neck) steps at the head's learning
+    rate while the rest of the backbone steps at backbone_lr_scale x it."""
+    config = tiny_config(policy="full", optimizer="adam", learning_rate=0.01,
+                         backbone_lr_scale=0.01, full_rate_groups="stage2")
+    spec = zoo.spec(tiny)
+    b = build(config, 2, total_steps=10)
+    _, labels, _ = F.optimizer_for(config, spec, b["variables"]["params"], 10)
+    labels = F.flat_paths(labels)
+    assert {lab for p, lab in labels.items() if p.startswith(("stage2/", "head/"))} == {"head"}
+    assert {lab for p, lab in labels.items() if p.startswith(("stem/", "stage1/"))} == {
+        "backbone"}
+    lines = F.describe(b["variables"]["params"], F.optimizer_for(
+        config, spec, b["variables"]["params"], 10)[1], spec, F.backbone_scale(config))
+    rated = {line.split()[0] for line in lines if "(learning rate x 0.01)" in line}
+    assert rated == {"stem", "stage1"}, lines
+    # Adam's first steps move a parameter by about the learning rate (lr x sign of the
+    # gradient); the tiny config warms up, so the first nonzero rate is the schedule's at 1
+    _, _, start, end = run_steps(config, n=2)
+    lr = float(F.schedule(config, 10)(1))
+    p0, p1 = F.flat_paths(start.params), F.flat_paths(end.params)
+    step = {p: float(np.abs(p1[p] - p0[p]).max()) / lr for p in p0 if p.endswith("kernel")}
+    assert all(0.5 < v <= 1.01 for p, v in step.items() if p.startswith("stage2/")), step
+    assert all(0 < v <= 0.0101 for p, v in step.items() if p.startswith("stage1/")), step
+    with pytest.raises(ValueError, match="has no group 'neck'"):
+        F.optimizer_for(tiny_config(full_rate_groups="stage2, neck"), spec,
+                        b["variables"]["params"], 10)
+
+
 def test_policy_errors_name_the_problem(tiny, tmp_path):
     spec = zoo.spec(tiny)
     with pytest.raises(ValueError, match="unknown policy"):

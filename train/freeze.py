@@ -3,7 +3,9 @@
 Each parameter path (``stage4/block2/conv1/kernel``) gets one label:
 
 - ``head``: the classifier, full learning rate;
-- ``backbone``: a trainable non-head parameter, learning rate x ``backbone_lr_scale``;
+- ``backbone``: a trainable non-head parameter, learning rate x ``backbone_lr_scale``
+  (except in ``full_rate_groups``: a detector's new neck on a pretrained backbone is
+  ``head`` too);
 - ``frozen``: ``optax.set_to_zero()``; ``multi_transform`` masks it out of the other
   transforms, so it has no optimizer moments and no weight decay.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -66,14 +68,18 @@ def trainable_fn(spec: ModelSpec, policy: str, finetune_groups: int = 2) -> Call
     raise ValueError(f"unknown policy {policy!r}; use one of {POLICIES} or 'regex:<pattern>'")
 
 
-def param_labels(params: Any, spec: ModelSpec, trainable: Callable[[str], bool]) -> Any:
-    """The label tree (``head`` / ``backbone`` / ``frozen``) over ``params``."""
+def param_labels(params: Any, spec: ModelSpec, trainable: Callable[[str], bool],
+                 full_rate: Sequence[str] = ()) -> Any:
+    """The label tree (``head`` / ``backbone`` / ``frozen``) over ``params``; trainable
+    parameters of the spec groups ``full_rate`` are ``head`` (the full learning rate)."""
 
     def label(path: tuple[str, ...], _: Any) -> str:
         p = "/".join(path)
         if not trainable(p):
             return "frozen"
-        return "head" if p.startswith(spec.head + "/") else "backbone"
+        if p.startswith(spec.head + "/") or (full_rate and spec.group_of(p) in full_rate):
+            return "head"
+        return "backbone"
 
     return traverse_util.path_aware_map(label, params)
 
@@ -91,10 +97,15 @@ def schedule(config, total_steps: int) -> Callable:
     raise ValueError(f"config.schedule must be 'cosine' or 'constant', got {config.schedule!r}")
 
 
+def backbone_scale(config) -> float:
+    """The learning-rate factor of ``backbone``-labelled parameters (1 from scratch)."""
+    return 1.0 if config.policy == "scratch" else config.backbone_lr_scale
+
+
 def make_optimizer(config, labels: Any, total_steps: int) -> optax.GradientTransformation:
     """``multi_transform`` of the configured optimizer over the label tree."""
     lr = schedule(config, total_steps)
-    scale = 1.0 if config.policy == "scratch" else config.backbone_lr_scale
+    scale = backbone_scale(config)
     transforms = {"head": _optimizer(config, lr, 1.0), "backbone": _optimizer(config, lr, scale),
                   "frozen": optax.set_to_zero()}
     used = set(traverse_util.flatten_dict(labels).values())
@@ -107,8 +118,19 @@ def optimizer_for(config, spec: ModelSpec, params: Any, total_steps: int
     """``(trainable, labels, tx)`` of ``config.policy`` over ``params`` for a run of
     ``total_steps``."""
     trainable = trainable_fn(spec, config.policy, config.finetune_groups)
-    labels = param_labels(params, spec, trainable)
+    labels = param_labels(params, spec, trainable, full_rate_groups(config, spec))
     return trainable, labels, make_optimizer(config, labels, total_steps)
+
+
+def full_rate_groups(config, spec: ModelSpec) -> tuple[str, ...]:
+    """``config.full_rate_groups`` as group names of ``spec`` (checked)."""
+    groups = tuple(g.strip() for g in config.get("full_rate_groups", "").split(",") if g.strip())
+    unknown = [g for g in groups if g not in spec.group_names]
+    if unknown:
+        raise ValueError(f"config.full_rate_groups: {spec.name} has no group "
+                         f"{', '.join(map(repr, unknown))}; its groups: "
+                         f"{', '.join(spec.group_names)}")
+    return groups
 
 
 def _optimizer(config, lr: Callable, scale: float) -> optax.GradientTransformation:
@@ -139,20 +161,25 @@ def frozen_batch_norm(trainable: Callable[[str], bool]):
         yield
 
 
-def describe(params: Any, labels: Any, spec: ModelSpec) -> list[str]:
-    """Human-readable lines: each spec group, its parameter count, and whether it trains."""
+def describe(params: Any, labels: Any, spec: ModelSpec, backbone_scale: float = 1.0
+             ) -> list[str]:
+    """Human-readable lines: each spec group, its parameter count, whether it trains, and at
+    which fraction of the learning rate when not the full one (``backbone_scale``)."""
     sizes, labs = flat_paths(params), flat_paths(labels)
-    rows: dict[str, list[int]] = {g: [0, 0] for g in spec.group_names}
+    rows: dict[str, list[int]] = {g: [0, 0, 0] for g in spec.group_names}
     for path, leaf in sizes.items():
         try:
             group = spec.group_of(path)
         except ValueError:
             group = "(no group)"
         n = int(np.prod(leaf.shape))
-        r = rows.setdefault(group, [0, 0])  # '(no group)' appears only when needed
+        r = rows.setdefault(group, [0, 0, 0])  # '(no group)' appears only when needed
         r[0] += n
         r[1] += n if labs[path] != "frozen" else 0
-    lines = [f"  {g:<12} {t:>12,} of {n:>12,} parameters train" for g, (n, t) in rows.items()]
+        r[2] += n if labs[path] == "backbone" else 0
+    lines = [f"  {g:<12} {t:>12,} of {n:>12,} parameters train"
+             + (f" (learning rate x {backbone_scale:g})" if b and backbone_scale != 1 else "")
+             for g, (n, t, b) in rows.items()]
     total = sum(r[0] for r in rows.values())
     trainable = sum(r[1] for r in rows.values())
     lines.append(f"  {'total':<12} {trainable:>12,} of {total:>12,} parameters train")

@@ -215,7 +215,8 @@ def _steps(config, task: Task, mesh, total_steps: int
                                             total_steps)
     log.info("model %s%s, policy %s, init %r:\n%s", task.spec.name, task.about, config.policy,
              config.init or "random",
-             "\n".join(F.describe(task.variables["params"], labels, task.spec)))
+             "\n".join(F.describe(task.variables["params"], labels, task.spec,
+                                F.backbone_scale(config))))
     train_step = T.make_train_step(task.model, tx, trainable, task.normalize,
                                    config.label_smoothing, task.input_key,
                                    config.freeze_bn_stats, task.loss_fn, task.augment)

@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.policy = "full"
     c.finetune_groups = 2  # finetune: the top N spec groups below the head train too
     c.backbone_lr_scale = 0.1  # learning-rate factor for trainable non-head parameters
+    # spec groups that train at the head's full rate although they are not the head, ','-
+    # separated: the new layers of a model whose backbone init loads (a detector's 'neck')
+    c.full_rate_groups = ""
     # Every batch norm on its running statistics, even where its scale/bias train (the Keras
     # fine-tuning advice: batch statistics of a small new dataset disturb pretrained ones).
     c.freeze_bn_stats = False
