@@ -315,7 +315,10 @@ def _gradcam_layer(name):
 def _classifiers():
     import zoo
 
-    return [n for n in zoo.list_models() if zoo.spec(n).task == "classification"]
+    # the zoo's own: another module's fixture may have the tests' tiny net registered in this
+    # xdist worker meanwhile (family "tests")
+    return [n for n in zoo.list_models()
+            if zoo.spec(n).task == "classification" and zoo.spec(n).family != "tests"]
 
 
 def test_gradcam_layer_of_a_model_and_its_heat_map():
