@@ -101,9 +101,8 @@ def _alive_final_channels(workdir: str, config) -> float:
 # backbone's last-layer channels alive (1,111 of 1,280 = 0.87 at the ImageNet weights);
 # seed 1: 0.043, mAP 0.377, 0.528 alive. With the backbone at the full rate (the recipe
 # before, backbone_lr_scale=1.0) the same run keeps 0.015 of them (mAP 0.308: the mAP bar
-# alone would not notice at 150 steps). Earlier recipe (two
-# scales, backbone at the full rate): mAP 0.568 at 150 steps, 0.845 in full, 0.000 from
-# epoch 16 when run for 80 epochs.
+# alone would not notice at 150 steps). Earlier recipe (two scales, backbone at the full
+# rate): mAP 0.568 at 150 steps, 0.845 in full, 0.000 from epoch 16 when run for 80 epochs.
 BCCD_LOSS_RATIO = 0.08
 BCCD_MAP50 = 0.2
 BCCD_ALIVE = 0.25
